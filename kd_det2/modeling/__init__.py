@@ -1,0 +1,21 @@
+"""Models: detectors, KD meta-architectures, distillers."""
+from . import detectors  # noqa: F401  (registers FCOS and its backbone)
+from .distillers import KD_DISTILLER_REGISTRY, Distiller, build_distillers, registered_distillers
+from .meta_arch import KDDenseDetector, KDGeneralizedRCNN, KDMetaArchBase
+from .outputs import DetectorOutputs, ModelSpec
+from .recorders import ForwardRecorder
+from .teacher import build_teacher
+
+__all__ = [
+    "KD_DISTILLER_REGISTRY",
+    "Distiller",
+    "DetectorOutputs",
+    "ForwardRecorder",
+    "KDDenseDetector",
+    "KDGeneralizedRCNN",
+    "KDMetaArchBase",
+    "ModelSpec",
+    "build_distillers",
+    "build_teacher",
+    "registered_distillers",
+]

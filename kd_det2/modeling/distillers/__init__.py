@@ -1,0 +1,19 @@
+"""Distillers, one file per method, registered in ``KD_DISTILLER_REGISTRY`` on import."""
+from .base import (
+    KD_DISTILLER_REGISTRY,
+    Distiller,
+    build_distillers,
+    check_features,
+    registered_distillers,
+)
+from .baselines import FitNet, LogitKD
+
+__all__ = [
+    "KD_DISTILLER_REGISTRY",
+    "Distiller",
+    "FitNet",
+    "LogitKD",
+    "build_distillers",
+    "check_features",
+    "registered_distillers",
+]

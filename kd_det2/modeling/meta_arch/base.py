@@ -1,0 +1,239 @@
+"""Common part of the KD meta-architectures: a student, a frozen teacher and distillers."""
+import logging
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.structures import Instances
+from detectron2.utils.events import get_event_storage
+from torch import Tensor, nn
+
+from ..distillers import Distiller, build_distillers
+from ..outputs import DetectorOutputs, ModelSpec
+from ..teacher import build_teacher, freeze
+
+__all__ = ["KDMetaArchBase", "TEACHER_PREFIX"]
+
+logger = logging.getLogger(__name__)
+
+#: state_dict prefix of the teacher inside a KD wrapper; never saved in checkpoints.
+TEACHER_PREFIX = "teacher."
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+
+
+def _drop_teacher_keys(module, state_dict, prefix, local_metadata):
+    for key in [k for k in state_dict if k.startswith(prefix + TEACHER_PREFIX)]:
+        del state_dict[key]
+    return state_dict
+
+
+def _ignore_missing_teacher_keys(module, incompatible_keys):
+    missing = incompatible_keys.missing_keys
+    missing[:] = [
+        k for k in missing if not (k.startswith(TEACHER_PREFIX) or "." + TEACHER_PREFIX in k)
+    ]
+
+
+class KDMetaArchBase(nn.Module):
+    """A student detector trained with a frozen teacher and a set of distillers.
+
+    * ``self.student``: a vanilla detectron2 detector; inference runs it alone.
+    * ``self.teacher``: frozen (no grad, always in eval mode), left out of the optimizer (no
+      trainable parameters) and out of ``state_dict()``, hence of every checkpoint.
+    * ``self.distillers``: ``nn.ModuleDict`` of :class:`Distiller`; their adapters train with the
+      student and are saved in checkpoints.
+
+    Subclasses implement :meth:`describe`, :meth:`student_step` and :meth:`teacher_step` for one
+    detector family.
+    """
+
+    #: "dense" or "rcnn"
+    kind: str = ""
+
+    def __init__(
+        self,
+        *,
+        student: nn.Module,
+        teacher: Optional[nn.Module] = None,
+        distillers: Optional[Dict[str, Distiller]] = None,
+        warmup_iters: int = 0,
+        student_input_format: str = "BGR",
+        teacher_input_format: str = "BGR",
+    ):
+        """
+        Args:
+            student: detector to train.
+            teacher: frozen detector; required when ``distillers`` is not empty.
+            distillers: name -> distiller; empty for plain training of the student.
+            warmup_iters: KD losses are scaled by min(1, (iter + 1) / warmup_iters).
+            student_input_format, teacher_input_format: "BGR" or "RGB"; the teacher's input is
+                channel-flipped when they differ.
+        """
+        super().__init__()
+        self.student = student
+        self.distillers = nn.ModuleDict(distillers or {})
+        if len(self.distillers) and teacher is None:
+            raise ValueError(
+                f"Distillers {list(self.distillers)} need a teacher: set MODEL.KD.TEACHER.*"
+            )
+        self.teacher = freeze(teacher) if teacher is not None else None
+        self.warmup_iters = int(warmup_iters)
+        self.student_input_format = student_input_format
+        self.teacher_input_format = teacher_input_format
+        self.student_spec = self.describe(student, student_input_format)
+        if teacher is not None:
+            self.teacher_spec = self.describe(teacher, teacher_input_format)
+            self.check_compatible(self.student_spec, self.teacher_spec)
+        self._register_state_dict_hook(_drop_teacher_keys)
+        self.register_load_state_dict_post_hook(_ignore_missing_teacher_keys)
+
+    # ----------------------------------------------------------------------------- building
+    @classmethod
+    def build_student(cls, cfg) -> nn.Module:
+        """Build the student from ``cfg`` with ``MODEL.KD.STUDENT_META_ARCHITECTURE``."""
+        name = cfg.MODEL.KD.STUDENT_META_ARCHITECTURE
+        if name not in META_ARCH_REGISTRY or name.startswith("KD"):
+            raise KeyError(
+                f"MODEL.KD.STUDENT_META_ARCHITECTURE '{name}' is not a plain detector in "
+                f"META_ARCH_REGISTRY: {sorted(k for k, _ in META_ARCH_REGISTRY if k[:2] != 'KD')}"
+            )
+        return META_ARCH_REGISTRY.get(name)(cfg)
+
+    @classmethod
+    def kd_from_config(cls, cfg) -> dict:
+        """Arguments of ``__init__`` from a yacs config (shared by the subclasses)."""
+        kd = cfg.MODEL.KD
+        student = cls.build_student(cfg)
+        names = list(kd.DISTILLERS)
+        teacher, t_format = None, "BGR"
+        if names:
+            teacher, t_format = build_teacher(
+                kd.TEACHER.CONFIG_FILE,
+                kd.TEACHER.WEIGHTS,
+                kd.TEACHER.OPTS,
+                require_weights=kd.TEACHER.REQUIRE_WEIGHTS,
+                base_dir=_REPO_ROOT,
+            )
+        elif kd.INIT_STUDENT_FROM_TEACHER:
+            raise ValueError("MODEL.KD.INIT_STUDENT_FROM_TEACHER needs MODEL.KD.DISTILLERS")
+        distillers = {}
+        if teacher is not None:
+            s_spec = cls.describe(student, cfg.INPUT.FORMAT)
+            t_spec = cls.describe(teacher, t_format)
+            cls.check_compatible(s_spec, t_spec)
+            distillers = build_distillers(cfg, names, s_spec, t_spec)
+            if kd.INIT_STUDENT_FROM_TEACHER:
+                init_student_from_teacher(student, teacher, kd.INIT_STUDENT_SKIP)
+        return {
+            "student": student,
+            "teacher": teacher,
+            "distillers": distillers,
+            "warmup_iters": kd.WARMUP_ITERS,
+            "student_input_format": cfg.INPUT.FORMAT,
+            "teacher_input_format": t_format,
+        }
+
+    @staticmethod
+    def check_compatible(student: ModelSpec, teacher: ModelSpec) -> None:
+        """Raise a ValueError when teacher and student cannot be distilled into one another."""
+        if student.num_classes != teacher.num_classes:
+            raise ValueError(
+                f"Class-count mismatch: the teacher ({teacher.arch}) predicts "
+                f"{teacher.num_classes} classes, the student ({student.arch}) "
+                f"{student.num_classes}. Train or configure the teacher on the student's dataset "
+                "(MODEL.KD.TEACHER.OPTS can override the teacher's NUM_CLASSES)."
+            )
+        if student.kind != teacher.kind:
+            raise ValueError(
+                f"Teacher {teacher.arch} is a {teacher.kind} detector and student {student.arch} "
+                f"a {student.kind} one; this wrapper distils within one family."
+            )
+
+    @classmethod
+    def describe(cls, model: nn.Module, input_format: str) -> ModelSpec:
+        """Static :class:`ModelSpec` of a detector of this wrapper's family."""
+        raise NotImplementedError  # abstract
+
+    # ---------------------------------------------------------------------------- training
+    @property
+    def device(self) -> torch.device:
+        return self.student.device
+
+    def train(self, mode: bool = True) -> "KDMetaArchBase":
+        """Switch student and distillers; the teacher always stays in eval mode."""
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def student_step(
+        self, batched_inputs: List[dict], gt_instances: List[Instances]
+    ) -> Tuple[Dict[str, Tensor], DetectorOutputs]:
+        """Student forward: (its own detection losses, its captured tensors)."""
+        raise NotImplementedError  # abstract
+
+    def teacher_step(self, batched_inputs: List[dict], student: DetectorOutputs) -> DetectorOutputs:
+        """Teacher forward (called under no_grad) on the student's inputs."""
+        raise NotImplementedError  # abstract
+
+    def forward(self, batched_inputs: List[dict]):
+        """Training: student losses + ``loss_kd_*``. Inference: the student's outputs."""
+        if not self.training:
+            return self.student(batched_inputs)
+        gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+        losses, student_out = self.student_step(batched_inputs, gt_instances)
+        if len(self.distillers):
+            with torch.no_grad():
+                teacher_out = self.teacher_step(self.teacher_inputs(batched_inputs), student_out)
+            losses.update(self.distill(teacher_out, student_out, gt_instances))
+        return losses
+
+    def teacher_inputs(self, batched_inputs: List[dict]) -> List[dict]:
+        """The student's inputs, channel-flipped when the teacher expects the other order."""
+        if self.teacher_input_format == self.student_input_format:
+            return batched_inputs
+        return [{**x, "image": x["image"].flip(0)} for x in batched_inputs]
+
+    def warmup_factor(self) -> float:
+        if self.warmup_iters <= 0:
+            return 1.0
+        try:
+            it = get_event_storage().iter
+        except AssertionError:  # outside a trainer: no event storage
+            return 1.0
+        return min(1.0, (it + 1) / self.warmup_iters)
+
+    def distill(
+        self, teacher: DetectorOutputs, student: DetectorOutputs, gt_instances: List[Instances]
+    ) -> Dict[str, Tensor]:
+        """Run every distiller; losses are scaled by the warm-up factor."""
+        factor = self.warmup_factor()
+        out: Dict[str, Tensor] = {}
+        for name, distiller in self.distillers.items():
+            for key, value in distiller(teacher, student, gt_instances).items():
+                if not key.startswith("loss_kd_") or key in out:
+                    raise KeyError(f"Distiller {name} returned a bad or repeated loss name {key}")
+                out[key] = value * factor
+        return out
+
+
+def init_student_from_teacher(student: nn.Module, teacher: nn.Module, skip: Sequence[str]) -> None:
+    """Copy teacher tensors into the student where names and shapes match.
+
+    Tensors whose names start with a prefix in ``skip`` are left alone (by default the bottom-up
+    backbone, i.e. only the neck and the head are initialised from the teacher).
+    """
+    t_state, s_state = teacher.state_dict(), student.state_dict()
+    skip = tuple(skip)
+    copy = {
+        k: t_state[k]
+        for k, v in s_state.items()
+        if not k.startswith(skip) and k in t_state and t_state[k].shape == v.shape
+    }
+    student.load_state_dict(copy, strict=False)
+    left = [k for k in s_state if not k.startswith(skip) and k not in copy]
+    logger.info(
+        f"Initialised {len(copy)} student tensors from the teacher; {len(left)} outside "
+        f"{list(skip)} kept their init (name or shape differs), e.g. {left[:5]}"
+    )

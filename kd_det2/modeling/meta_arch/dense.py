@@ -1,0 +1,111 @@
+"""KD wrapper for one-stage dense detectors (detectron2 ``DenseDetector``: RetinaNet, FCOS, ...)."""
+from typing import Dict, List, Tuple
+
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.modeling.meta_arch.dense_detector import DenseDetector
+from torch import Tensor, nn
+
+from ..outputs import DetectorOutputs, ModelSpec
+from ..recorders import ForwardRecorder, get_submodule
+from .base import KDMetaArchBase
+
+__all__ = ["KDDenseDetector", "PREDICTION_NAMES", "TOWER_PATHS"]
+
+#: names of the lists a dense head returns, by position (FCOS adds centerness).
+PREDICTION_NAMES = ("cls_logits", "box_deltas", "ctrness")
+#: tower name -> submodule path whose per-level outputs are the head-tower features.
+TOWER_PATHS = {"cls": "head.cls_subnet", "reg": "head.bbox_subnet"}
+
+
+def _last_conv_channels(module: nn.Module) -> int:
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError(f"{type(module).__name__} has no conv layer to take a width from")
+    return convs[-1].out_channels
+
+
+@META_ARCH_REGISTRY.register()
+class KDDenseDetector(KDMetaArchBase):
+    """Distil a one-stage dense detector (``MODEL.KD.STUDENT_META_ARCHITECTURE``: "RetinaNet",
+    "FCOS", or any :class:`DenseDetector` with ``head``, ``anchor_generator`` and
+    ``forward_training``).
+
+    Captured per step, for teacher and student: bottom-up stages, neck levels, head-tower
+    features (``TOWER_PATHS``), head outputs (``PREDICTION_NAMES``) and anchors/points.
+    """
+
+    kind = "dense"
+
+    @configurable
+    def __init__(self, **kwargs):
+        """See :class:`KDMetaArchBase`."""
+        super().__init__(**kwargs)
+
+    @classmethod
+    def from_config(cls, cfg):
+        return cls.kd_from_config(cfg)
+
+    @classmethod
+    def describe(cls, model: nn.Module, input_format: str) -> ModelSpec:
+        if not isinstance(model, DenseDetector):
+            raise TypeError(
+                f"KDDenseDetector needs one-stage DenseDetector models, got {type(model).__name__}"
+                " (use KDGeneralizedRCNN for two-stage detectors)."
+            )
+        backbone = model.backbone
+        bottom_up = getattr(backbone, "bottom_up", backbone)
+        towers = {
+            name: _last_conv_channels(get_submodule(model, path))
+            for name, path in TOWER_PATHS.items()
+            if get_submodule(model, path) is not None
+        }
+        return ModelSpec(
+            kind="dense",
+            arch=type(model).__name__,
+            num_classes=model.num_classes,
+            backbone_shapes=dict(bottom_up.output_shape()),
+            feature_shapes=dict(backbone.output_shape()),
+            head_in_features=list(model.head_in_features),
+            tower_channels=towers,
+            num_anchors=model.anchor_generator.num_cell_anchors[0],
+            input_format=input_format,
+        )
+
+    @staticmethod
+    def capture(model: DenseDetector, batched_inputs: List[dict]) -> Tuple[DetectorOutputs, list]:
+        """Run preprocessing, backbone and head of ``model``, recording the intermediates.
+
+        Returns:
+            (captured tensors, the head's raw per-level predictions as ``model.head`` returned
+            them, for ``model.forward_training``)
+        """
+        images = model.preprocess_image(batched_inputs)
+        paths = {n: p for n, p in TOWER_PATHS.items() if get_submodule(model, p) is not None}
+        if hasattr(model.backbone, "bottom_up"):
+            paths["_bottom_up"] = "backbone.bottom_up"
+        with ForwardRecorder(model, outputs=paths) as rec:
+            features = model.backbone(images.tensor)
+            levels = [features[f] for f in model.head_in_features]
+            predictions = model.head(levels)
+        backbone = rec.records.pop("_bottom_up", [features])[0]
+        out = DetectorOutputs(
+            images=images,
+            backbone=backbone,
+            features=features,
+            head_in_features=list(model.head_in_features),
+            towers=rec.records,
+            predictions=dict(zip(PREDICTION_NAMES, predictions)),
+            anchors=model.anchor_generator(levels),
+        )
+        return out, predictions
+
+    def student_step(self, batched_inputs, gt_instances) -> Tuple[Dict[str, Tensor], DetectorOutputs]:
+        out, predictions = self.capture(self.student, batched_inputs)
+        losses = self.student.forward_training(
+            out.images, out.level_features(), predictions, gt_instances
+        )
+        return losses, out
+
+    def teacher_step(self, batched_inputs, student: DetectorOutputs) -> DetectorOutputs:
+        return self.capture(self.teacher, batched_inputs)[0]

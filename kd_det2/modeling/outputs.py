@@ -1,0 +1,83 @@
+"""Data passed from the KD meta-architectures to the distillers.
+
+Notation: N images, L levels, level i of size Hi x Wi, A anchors per location, K foreground
+classes, C channels, R sampled proposals over the whole batch.
+"""
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from detectron2.layers import ShapeSpec
+from detectron2.structures import Boxes, ImageList, Instances
+from torch import Tensor
+
+__all__ = ["DetectorOutputs", "ModelSpec"]
+
+
+@dataclass
+class DetectorOutputs:
+    """Tensors captured during one training-step forward of a detector.
+
+    The teacher's are computed under ``torch.no_grad()`` and on the student's inputs (so images,
+    anchors and, for two-stage models, the RoI boxes correspond one to one).
+
+    Attributes:
+        images: the preprocessed, padded batch the model saw; ``images.tensor`` is (N, 3, H, W).
+        backbone: bottom-up stages, e.g. ``{"res2": (N, C, H/4, W/4), ..., "res5": ...}``.
+        features: neck (FPN) outputs, e.g. ``{"p2": ..., "p7": ...}``, each (N, C, Hi, Wi).
+        head_in_features: the feature names the dense head (or the RPN) consumes, high to low
+            resolution: the order of every per-level list below.
+        towers: dense heads: ``{"cls": [...], "reg": [...]}``, the outputs of the classification
+            and regression towers (after the last tower conv and activation, before the final
+            predictors), one (N, C, Hi, Wi) tensor per level. Two-stage: ``{"box_head": [(R, C)]}``.
+        predictions: dense heads: ``{"cls_logits": [(N, A*K, Hi, Wi)], "box_deltas":
+            [(N, A*4, Hi, Wi)]}`` plus detector extras (FCOS: ``"ctrness"`` (N, 1, Hi, Wi)).
+        anchors: dense heads and RPN: one :class:`Boxes` of (Hi*Wi*A, 4) per level.
+        rpn: two-stage: ``{"objectness_logits": [(N, A, Hi, Wi)], "anchor_deltas":
+            [(N, A*4, Hi, Wi)]}``.
+        roi: two-stage, on the student's sampled proposals: ``{"cls_logits": (R, K+1),
+            "box_deltas": (R, 4*K) or (R, 4)}``.
+        proposals: two-stage, student only: the sampled proposals, one :class:`Instances` per
+            image with ``proposal_boxes`` and ``gt_classes`` (K = background).
+    """
+
+    images: ImageList
+    backbone: Dict[str, Tensor]
+    features: Dict[str, Tensor]
+    head_in_features: List[str]
+    towers: Dict[str, List[Tensor]] = field(default_factory=dict)
+    predictions: Dict[str, List[Tensor]] = field(default_factory=dict)
+    anchors: Optional[List[Boxes]] = None
+    rpn: Dict[str, List[Tensor]] = field(default_factory=dict)
+    roi: Dict[str, Tensor] = field(default_factory=dict)
+    proposals: Optional[List[Instances]] = None
+
+    def level_features(self) -> List[Tensor]:
+        """The neck features the head consumes, as a per-level list."""
+        return [self.features[f] for f in self.head_in_features]
+
+
+@dataclass
+class ModelSpec:
+    """Static description of a detector, used to build and check distillers before training.
+
+    Attributes:
+        kind: "dense" (one-stage) or "rcnn" (two-stage).
+        arch: class name of the detector, e.g. "FCOS".
+        num_classes: K, foreground classes.
+        backbone_shapes: bottom-up stage name -> ShapeSpec (channels, stride).
+        feature_shapes: neck output name -> ShapeSpec.
+        head_in_features: features consumed by the dense head (two-stage: by the RPN).
+        tower_channels: tower name -> C (dense: "cls", "reg"; two-stage: "box_head").
+        num_anchors: A, anchors per location of the dense head (two-stage: of the RPN).
+        input_format: "BGR" or "RGB".
+    """
+
+    kind: str
+    arch: str
+    num_classes: int
+    backbone_shapes: Dict[str, ShapeSpec]
+    feature_shapes: Dict[str, ShapeSpec]
+    head_in_features: List[str]
+    tower_channels: Dict[str, int]
+    num_anchors: int
+    input_format: str = "BGR"
