@@ -1,0 +1,113 @@
+"""``KDTrainer``: detectron2's ``DefaultTrainer`` for KD wrappers (and plain detectors)."""
+import logging
+import os
+import weakref
+from typing import Optional
+from unittest import mock
+
+from detectron2.engine import DefaultTrainer
+from detectron2.engine import defaults as d2_defaults
+from detectron2.evaluation import COCOEvaluator
+from detectron2.utils import comm
+from torch.nn.parallel import DistributedDataParallel
+
+from ..data.shapes import prepare_dataset
+from .checkpoint import KDCheckpointer
+
+__all__ = ["KDTrainer", "create_ddp_model", "has_compiled_ops", "prepare_datasets", "without_teacher"]
+
+logger = logging.getLogger(__name__)
+
+
+def has_compiled_ops() -> bool:
+    """Whether detectron2's compiled extension (``detectron2._C``) can be imported."""
+    try:
+        from detectron2 import _C  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def create_ddp_model(model, *, fp16_compression: bool = False, **kwargs):
+    """detectron2's ``create_ddp_model`` that also works on CPU (GLOO): no ``device_ids`` there.
+
+    Returns ``model`` unchanged in a single process.
+    """
+    if comm.get_world_size() == 1:
+        return model
+    if "device_ids" not in kwargs:
+        on_gpu = next(model.parameters()).is_cuda
+        kwargs["device_ids"] = [comm.get_local_rank()] if on_gpu else None
+    ddp = DistributedDataParallel(model, **kwargs)
+    if fp16_compression:
+        from torch.distributed.algorithms.ddp_comm_hooks import default as comm_hooks
+
+        ddp.register_comm_hook(state=None, hook=comm_hooks.fp16_compress_hook)
+    return ddp
+
+
+def prepare_datasets(cfg) -> None:
+    """Generate embedded datasets named in ``cfg.DATASETS`` on the main process, once."""
+    if comm.is_main_process():
+        for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+            prepare_dataset(name)
+    comm.synchronize()
+
+
+class KDTrainer(DefaultTrainer):
+    """``DefaultTrainer`` with what KD wrappers need; only classmethods and hooks are changed.
+
+    * DDP through :func:`create_ddp_model` (works with GLOO on CPU; honours
+      ``MODEL.KD.DDP_FIND_UNUSED_PARAMETERS``).
+    * :class:`KDCheckpointer`: atomic checkpoints without the teacher; ``MODEL.WEIGHTS`` loads
+      into the student; ``--resume`` restores student, adapters, optimizer and iteration.
+    * COCOEvaluator for every test set (pure-Python COCO evaluation when ``detectron2._C`` is
+      not importable).
+    * Embedded datasets are generated before the data loaders are built.
+    """
+
+    def __init__(self, cfg):
+        prepare_datasets(cfg)
+        find_unused = bool(cfg.MODEL.KD.get("DDP_FIND_UNUSED_PARAMETERS", False))
+
+        def ddp(model, **kwargs):
+            return create_ddp_model(model, find_unused_parameters=find_unused, **kwargs)
+
+        with mock.patch.object(d2_defaults, "create_ddp_model", ddp):
+            super().__init__(cfg)
+
+    def build_hooks(self):
+        # Called at the end of DefaultTrainer.__init__, before the hooks capture the checkpointer.
+        self.checkpointer = KDCheckpointer(
+            self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        return super().build_hooks()
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name: str, output_folder: Optional[str] = None):
+        prepare_dataset(dataset_name)
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
+        return COCOEvaluator(
+            dataset_name, output_dir=output_folder, use_fast_impl=has_compiled_ops()
+        )
+
+    @classmethod
+    def build_model(cls, cfg):
+        model = super().build_model(cfg)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+        logger.info(f"Trainable parameters: {trainable:,}; frozen (teacher etc.): {frozen:,}")
+        return model
+
+
+
+def without_teacher(cfg):
+    """A copy of ``cfg`` that builds the KD wrapper with no teacher and no distillers.
+
+    For evaluation and export: the teacher's config and weights are not needed there.
+    """
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.KD.DISTILLERS = []
+    cfg.MODEL.KD.INIT_STUDENT_FROM_TEACHER = False
+    return cfg

@@ -1,0 +1,136 @@
+"""Tests of the VOC-layout (BCCD) loader and its registration."""
+
+import logging
+import os
+from pathlib import Path
+from typing import Iterator, List, Tuple
+
+import pytest
+
+from kd_det2.data import voc
+from kd_det2.data.voc import BCCD_CLASSES, find_bccd_root, load_voc_dicts, register_bccd
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BCCD_PATH = os.environ.get("KD_DET2_BCCD", str(REPO_ROOT.parent / "shared" / "datasets" / "BCCD"))
+
+Box = Tuple[str, int, int, int, int]
+
+
+def _write_xml(path: Path, width: int, height: int, objects: List[Box]) -> None:
+    objs = "".join(
+        f"<object><name>{n}</name><difficult>0</difficult><bndbox><xmin>{x0}</xmin>"
+        f"<ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
+        for n, x0, y0, x1, y1 in objects
+    )
+    size = f"<size><width>{width}</width><height>{height}</height><depth>3</depth></size>"
+    path.write_text(f"<annotation><filename>{path.stem}.jpg</filename>{size}{objs}</annotation>")
+
+
+@pytest.fixture
+def tiny_voc(tmp_path: Path) -> str:
+    """A two-image VOC folder with one degenerate box and one box past the image border."""
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (tmp_path / sub).mkdir(parents=True)
+    _write_xml(
+        tmp_path / "Annotations" / "img_a.xml",
+        100,
+        80,
+        [(" rbc ", 11, 21, 30, 40), ("WBC", 50, 50, 50, 60), ("Platelets", 90, 70, 130, 95)],
+    )
+    _write_xml(tmp_path / "Annotations" / "img_b.xml", 100, 80, [("PLATELET", 1, 1, 10, 10)])
+    (tmp_path / "ImageSets" / "Main" / "train.txt").write_text("img_a\nimg_b\n")
+    (tmp_path / "ImageSets" / "Main" / "val.txt").write_text("img_b\n")
+    return str(tmp_path)
+
+
+def test_load_clip_skip_and_normalise(tiny_voc: str, caplog: pytest.LogCaptureFixture) -> None:
+    from detectron2.structures import BoxMode
+
+    with caplog.at_level(logging.WARNING, logger=voc.__name__):
+        dicts = load_voc_dicts(tiny_voc, "train")
+    assert len(dicts) == 2
+    a, b = dicts
+    assert a["file_name"] == os.path.join(tiny_voc, "JPEGImages", "img_a.jpg")
+    assert (a["height"], a["width"]) == (80, 100)
+    assert a["image_id"] != b["image_id"]
+    boxes = [(x["category_id"], x["bbox"]) for x in a["annotations"]]
+    # " rbc " normalised, 1-based xmin/ymin shifted; WBC of zero width skipped; platelet clipped
+    assert boxes == [(0, [10.0, 20.0, 30.0, 40.0]), (2, [89.0, 69.0, 100.0, 80.0])]
+    assert all(x["bbox_mode"] == BoxMode.XYXY_ABS for x in a["annotations"])
+    assert [(x["category_id"], x["bbox"]) for x in b["annotations"]] == [(2, [0, 0, 10, 10])]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "skipped 1 degenerate" in warnings[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=voc.__name__):
+        load_voc_dicts(tiny_voc, "train")  # reported once per split only
+    assert not caplog.records
+
+
+def test_box_fully_outside_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (tmp_path / sub).mkdir(parents=True)
+    _write_xml(tmp_path / "Annotations" / "x.xml", 50, 50, [("RBC", 60, 5, 70, 20)])
+    (tmp_path / "ImageSets" / "Main" / "test.txt").write_text("x\n")
+    with caplog.at_level(logging.WARNING, logger=voc.__name__):
+        (d,) = load_voc_dicts(str(tmp_path), "test")
+    assert d["annotations"] == []
+    assert "skipped 1 degenerate" in caplog.text
+
+
+@pytest.fixture
+def clean_bccd_names() -> Iterator[None]:
+    """Temporarily remove the bccd_* registrations (restored afterwards)."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    names = [f"bccd_{s}" for s in voc.BCCD_SPLITS]
+    saved = {}
+    for n in names:
+        saved[n] = (DatasetCatalog.data.pop(n, None), MetadataCatalog.data.pop(n, None))
+    try:
+        yield
+    finally:
+        for n, (func, meta) in saved.items():
+            DatasetCatalog.data.pop(n, None)
+            MetadataCatalog.data.pop(n, None)
+            if func is not None:
+                DatasetCatalog.data[n] = func
+            if meta is not None:
+                MetadataCatalog.data[n] = meta
+
+
+def test_register_tmp_root(tiny_voc: str, clean_bccd_names: None) -> None:
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    register_bccd(tiny_voc)
+    register_bccd(tiny_voc)  # idempotent
+    assert "bccd_train" in DatasetCatalog.list() and "bccd_val" in DatasetCatalog.list()
+    assert "bccd_test" not in DatasetCatalog.list()  # no ImageSets/Main/test.txt
+    meta = MetadataCatalog.get("bccd_val")
+    assert meta.thing_classes == BCCD_CLASSES
+    assert (meta.evaluator_type, meta.dirname, meta.split) == ("coco", tiny_voc, "val")
+    assert len(DatasetCatalog.get("bccd_val")) == 1
+
+
+def test_missing_root_registers_nothing(tmp_path: Path, clean_bccd_names: None) -> None:
+    from detectron2.data import DatasetCatalog
+
+    assert find_bccd_root(str(tmp_path / "nope")) is None
+    register_bccd(str(tmp_path / "nope"))
+    assert not [n for n in DatasetCatalog.list() if n.startswith("bccd_")]
+
+
+@pytest.mark.skipif(not os.path.isdir(BCCD_PATH), reason="BCCD dataset folder not available")
+def test_real_bccd() -> None:
+    counts = {}
+    for split in ("train", "val"):
+        dicts = load_voc_dicts(BCCD_PATH, split)
+        counts[split] = len(dicts)
+        for d in dicts:
+            assert (d["width"], d["height"]) == (640, 480)
+            for a in d["annotations"]:
+                x0, y0, x1, y1 = a["bbox"]
+                assert 0 <= x0 < x1 <= 640 and 0 <= y0 < y1 <= 480
+                assert x1 - x0 >= 1 and y1 - y0 >= 1
+                assert a["category_id"] in (0, 1, 2)
+        assert {a["category_id"] for d in dicts for a in d["annotations"]} == {0, 1, 2}
+    assert counts == {"train": 205, "val": 87}
