@@ -1,6 +1,13 @@
 """Training: trainer, checkpointer, DDP helper."""
+
 from .checkpoint import KDCheckpointer, is_kd_checkpoint, unwrap
-from .trainer import KDTrainer, create_ddp_model, has_compiled_ops, prepare_datasets, without_teacher
+from .trainer import (
+    KDTrainer,
+    create_ddp_model,
+    has_compiled_ops,
+    prepare_datasets,
+    without_teacher,
+)
 
 __all__ = [
     "KDCheckpointer",

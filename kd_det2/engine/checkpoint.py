@@ -1,4 +1,5 @@
 """Checkpointing for KD wrappers: atomic writes, student-only init weights, no teacher inside."""
+
 import os
 from typing import Any
 

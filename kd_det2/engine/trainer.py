@@ -1,20 +1,29 @@
 """``KDTrainer``: detectron2's ``DefaultTrainer`` for KD wrappers (and plain detectors)."""
+
 import logging
 import os
 import weakref
 from typing import Optional
 from unittest import mock
 
+import torch
 from detectron2.engine import DefaultTrainer
 from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import COCOEvaluator
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data.shapes import prepare_dataset
 from .checkpoint import KDCheckpointer
 
-__all__ = ["KDTrainer", "create_ddp_model", "has_compiled_ops", "prepare_datasets", "without_teacher"]
+__all__ = [
+    "KDTrainer",
+    "create_ddp_model",
+    "has_compiled_ops",
+    "prepare_datasets",
+    "without_teacher",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -92,13 +101,31 @@ class KDTrainer(DefaultTrainer):
         )
 
     @classmethod
+    def build_optimizer(cls, cfg, model):
+        """detectron2's SGD, or AdamW when ``SOLVER.OPTIMIZER`` is "AdamW" (same param groups,
+        gradient clipping and LR schedule)."""
+        name = cfg.SOLVER.get("OPTIMIZER", "SGD").upper()
+        if name == "SGD":
+            return super().build_optimizer(cfg, model)
+        if name != "ADAMW":
+            raise ValueError(f"SOLVER.OPTIMIZER '{name}' is not one of 'SGD', 'AdamW'")
+        params = get_default_optimizer_params(
+            model,
+            base_lr=cfg.SOLVER.BASE_LR,
+            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+        )
+        adamw = maybe_add_gradient_clipping(cfg, torch.optim.AdamW)
+        return adamw(params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+
+    @classmethod
     def build_model(cls, cfg):
         model = super().build_model(cfg)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
         logger.info(f"Trainable parameters: {trainable:,}; frozen (teacher etc.): {frozen:,}")
         return model
-
 
 
 def without_teacher(cfg):

@@ -1,4 +1,5 @@
 """Models: detectors, KD meta-architectures, distillers."""
+
 from . import detectors  # noqa: F401  (registers FCOS and its backbone)
 from .distillers import KD_DISTILLER_REGISTRY, Distiller, build_distillers, registered_distillers
 from .meta_arch import KDDenseDetector, KDGeneralizedRCNN, KDMetaArchBase

@@ -1,4 +1,5 @@
 """Adapters that map student features to the teacher's width."""
+
 from torch import nn
 
 __all__ = ["build_adapter"]

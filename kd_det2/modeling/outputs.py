@@ -3,6 +3,7 @@
 Notation: N images, L levels, level i of size Hi x Wi, A anchors per location, K foreground
 classes, C channels, R sampled proposals over the whole batch.
 """
+
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 

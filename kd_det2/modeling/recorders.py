@@ -3,6 +3,7 @@
 Hooks are registered on ``__enter__`` and removed on ``__exit__``; records are cleared on entry, so
 nothing leaks from one training step to the next and nothing is recorded outside the context.
 """
+
 from typing import Any, Dict, List, Optional
 
 from torch import nn

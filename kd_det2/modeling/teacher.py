@@ -1,14 +1,21 @@
 """Build a frozen teacher detector from its own config file and weights."""
+
 import logging
 import os
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
-__all__ = ["build_teacher", "resolve_config_file", "freeze"]
+__all__ = [
+    "build_kd_model",
+    "build_teacher",
+    "build_teacher_model",
+    "freeze",
+    "resolve_config_file",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +53,16 @@ def resolve_config_file(name: str, base_dir: Optional[str] = None) -> str:
         "Fix MODEL.KD.TEACHER.CONFIG_FILE (relative paths are resolved against the directory of "
         "the config that sets it)."
     )
+
+
+class _RecordingCheckpointer(DetectionCheckpointer):
+    """DetectionCheckpointer that keeps the incompatible keys of its last load."""
+
+    incompatible = None
+
+    def _log_incompatible_keys(self, incompatible) -> None:
+        self.incompatible = incompatible
+        super()._log_incompatible_keys(incompatible)
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -109,10 +126,9 @@ def build_teacher(
                 f"tools/train_net.py --config-file {config_file}) and set MODEL.KD.TEACHER.WEIGHTS "
                 "to its model_final.pth."
             )
-        checkpointer = DetectionCheckpointer(model)
-        checkpoint = checkpointer._load_file(checkpointer.path_manager.get_local_path(weights))
-        incompatible = checkpointer._load_model(checkpoint)
-        missing = list(getattr(incompatible, "missing_keys", []) or [])
+        checkpointer = _RecordingCheckpointer(model)
+        checkpointer.load(weights)
+        missing = list(getattr(checkpointer.incompatible, "missing_keys", None) or [])
         if missing:
             raise ValueError(
                 f"Teacher weights '{weights}' do not fit the teacher built from {path}: "
@@ -129,3 +145,87 @@ def build_teacher(
     else:
         logger.warning(f"Teacher from {path} has random weights (REQUIRE_WEIGHTS is False)")
     return freeze(model), input_format
+
+
+def build_teacher_model(
+    config_file: str,
+    weights: str = "",
+    opts: Optional[List[str]] = None,
+    require_weights: bool = True,
+    base_dir: Optional[str] = None,
+) -> nn.Module:
+    """:func:`build_teacher` for LazyConfigs: returns the frozen teacher only.
+
+    Use it as the ``teacher`` of a KD wrapper::
+
+        model = L(KDDenseDetector)(
+            student=...,
+            teacher=L(build_teacher_model)(
+                config_file="projects/teachers/FCOS_R_101_FPN_3x.yaml",
+                weights="output/teachers/FCOS_R_101_FPN_3x/model_final.pth",
+            ),
+            distillers=L(OrderedDict)(FitNet=L(FitNet)(...), LogitKD=L(LogitKD)(...)),
+        )
+
+    (``distillers`` is a LazyCall, not a plain dict: ``instantiate`` only builds the objects
+    inside mappings that have a ``_target_``.)
+
+    Args:
+        config_file, weights, opts, require_weights: as in :func:`build_teacher`.
+        base_dir: directory against which a relative ``config_file`` is resolved first; by
+            default the root of the kd_det2 source tree, as for ``MODEL.KD.TEACHER.CONFIG_FILE``
+            (then the current directory and the model zoo are tried).
+
+    Returns:
+        the teacher, in eval mode with ``requires_grad`` False everywhere. Its input format is
+        not returned: set ``teacher_input_format`` of the wrapper when the teacher is not "BGR".
+    """
+    if base_dir is None:
+        base_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    model, _ = build_teacher(config_file, weights, opts, require_weights, base_dir)
+    return model
+
+
+def build_kd_model(
+    *,
+    meta_arch: str,
+    init_student_from_teacher: bool = False,
+    init_student_skip: Sequence[str] = ("backbone.bottom_up.",),
+    **kwargs,
+) -> nn.Module:
+    """Build a KD wrapper in a LazyConfig, optionally initialising the student from the teacher.
+
+    The LazyConfig form of ``MODEL.KD.INIT_STUDENT_FROM_TEACHER``/``INIT_STUDENT_SKIP``: the
+    wrapper's own arguments stay where they are (``model.student``, ``model.teacher``,
+    ``model.distillers``, ...), so overrides and ``--eval-only`` work as for a plain wrapper::
+
+        model = L(build_kd_model)(
+            meta_arch="KDDenseDetector",
+            init_student_from_teacher=True,
+            student=..., teacher=L(build_teacher_model)(...), distillers=L(OrderedDict)(...),
+        )
+
+    Args:
+        meta_arch: name of the KD wrapper in ``META_ARCH_REGISTRY`` ("KDDenseDetector",
+            "KDGeneralizedRCNN").
+        init_student_from_teacher: copy the teacher's tensors into the student where names and
+            shapes match (see :func:`kd_det2.modeling.meta_arch.base.init_student_from_teacher`).
+            Skipped when the wrapper has no teacher (e.g. evaluation, where the trained weights
+            are loaded afterwards anyway).
+        init_student_skip: name prefixes left alone (default: the bottom-up backbone, i.e. the
+            neck and the head are initialised from the teacher).
+        kwargs: arguments of the wrapper (``student``, ``teacher``, ``distillers``, ...).
+
+    Returns:
+        the KD wrapper.
+    """
+    from .meta_arch.base import KDMetaArchBase
+    from .meta_arch.base import init_student_from_teacher as init_student
+
+    cls = META_ARCH_REGISTRY.get(meta_arch)
+    if not (isinstance(cls, type) and issubclass(cls, KDMetaArchBase)):
+        raise ValueError(f"build_kd_model needs a KD wrapper, got meta_arch='{meta_arch}'")
+    model = cls(**kwargs)
+    if init_student_from_teacher and model.teacher is not None:
+        init_student(model.student, model.teacher, init_student_skip)
+    return model

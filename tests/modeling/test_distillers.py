@@ -1,4 +1,5 @@
 """Baseline distiller formulas, written from their definitions."""
+
 import math
 
 import pytest
@@ -62,8 +63,12 @@ def test_softmax_kd_matches_kl_by_hand_with_t2_scaling():
 
 
 def test_fitnet_mse_mean_over_levels_and_adapter():
-    f = FitNet(in_features=["p3", "p4"], student_channels={"p3": 2, "p4": 2},
-               teacher_channels={"p3": 2, "p4": 2}, loss_weight=2.0)
+    f = FitNet(
+        in_features=["p3", "p4"],
+        student_channels={"p3": 2, "p4": 2},
+        teacher_channels={"p3": 2, "p4": 2},
+        loss_weight=2.0,
+    )
     assert isinstance(f.adapters["p3"], torch.nn.Identity)
     s = {"p3": torch.zeros(1, 2, 4, 4), "p4": torch.zeros(1, 2, 2, 2)}
     t = {"p3": torch.ones(1, 2, 4, 4), "p4": torch.full((1, 2, 2, 2), 3.0)}
@@ -99,7 +104,9 @@ def test_logit_kd_dense_splits_anchors_and_classes():
     # reference: (N, A*K, H, W) -> (N*H*W*A, K)
     ref = sigmoid_kd_loss(
         s[0].view(2, a, k, 4, 4).permute(0, 3, 4, 1, 2).reshape(-1, k),
-        t[0].view(2, a, k, 4, 4).permute(0, 3, 4, 1, 2).reshape(-1, k), 1.0)
+        t[0].view(2, a, k, 4, 4).permute(0, 3, 4, 1, 2).reshape(-1, k),
+        1.0,
+    )
     assert got.item() == pytest.approx(ref.item(), rel=1e-6)
     # normalisation: summed over classes, averaged over the N*H*W*A anchors (not the elements)
     elementwise = F.binary_cross_entropy_with_logits(s[0], t[0].sigmoid(), reduction="sum")

@@ -4,6 +4,7 @@ detectron2 ships :class:`detectron2.modeling.meta_arch.fcos.FCOS` for LazyConfig
 here add ``from_config`` and nothing else: parameter names are identical, so a checkpoint trained
 through yacs loads into detectron2's own FCOS built from ``configs/common/models/fcos.py``.
 """
+
 from typing import List
 
 from detectron2.config import configurable

@@ -1,4 +1,5 @@
 """Distillers, one file per method, registered in ``KD_DISTILLER_REGISTRY`` on import."""
+
 from .base import (
     KD_DISTILLER_REGISTRY,
     Distiller,

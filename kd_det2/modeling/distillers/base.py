@@ -6,6 +6,7 @@ instances of a training step and returns ``{"loss_kd_<what>": scalar tensor}``. 
 the config and the two models' :class:`~kd_det2.modeling.outputs.ModelSpec`, and checks there,
 before training starts, that the models have what it needs.
 """
+
 from typing import Dict, Iterable, List
 
 from detectron2.structures import Instances

@@ -3,6 +3,7 @@
 They prove the framework end to end and are the reference points the published methods are
 compared with.
 """
+
 from typing import Dict, List
 
 import torch

@@ -1,4 +1,5 @@
 """KD meta-architectures, registered in detectron2's ``META_ARCH_REGISTRY``."""
+
 from .base import KDMetaArchBase, init_student_from_teacher
 from .dense import KDDenseDetector
 from .rcnn import KDGeneralizedRCNN

@@ -1,4 +1,5 @@
 """Common part of the KD meta-architectures: a student, a frozen teacher and distillers."""
+
 import logging
 import os
 from typing import Dict, List, Optional, Sequence, Tuple

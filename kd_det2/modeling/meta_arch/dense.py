@@ -1,4 +1,5 @@
 """KD wrapper for one-stage dense detectors (detectron2 ``DenseDetector``: RetinaNet, FCOS, ...)."""
+
 from typing import Dict, List, Tuple
 
 from detectron2.config import configurable
@@ -100,7 +101,9 @@ class KDDenseDetector(KDMetaArchBase):
         )
         return out, predictions
 
-    def student_step(self, batched_inputs, gt_instances) -> Tuple[Dict[str, Tensor], DetectorOutputs]:
+    def student_step(
+        self, batched_inputs, gt_instances
+    ) -> Tuple[Dict[str, Tensor], DetectorOutputs]:
         out, predictions = self.capture(self.student, batched_inputs)
         losses = self.student.forward_training(
             out.images, out.level_features(), predictions, gt_instances

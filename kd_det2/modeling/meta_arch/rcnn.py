@@ -1,6 +1,7 @@
 """KD wrapper for two-stage detectors (detectron2 ``GeneralizedRCNN`` with standard RoI heads)."""
+
 from contextlib import contextmanager
-from typing import Dict, List, Tuple
+from typing import Dict, Tuple
 
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
@@ -61,7 +62,9 @@ class KDGeneralizedRCNN(KDMetaArchBase):
                 f"{type(model).__name__} (use KDDenseDetector for one-stage detectors)."
             )
         roi = model.roi_heads
-        if not all(isinstance(getattr(roi, a, None), nn.Module) for a in ("box_pooler", "box_head")):
+        if not all(
+            isinstance(getattr(roi, a, None), nn.Module) for a in ("box_pooler", "box_head")
+        ):
             raise TypeError(
                 f"{type(roi).__name__} is not supported: KDGeneralizedRCNN needs standard RoI "
                 "heads with one box_pooler and one box_head (cascade heads are not supported)."
@@ -81,7 +84,9 @@ class KDGeneralizedRCNN(KDMetaArchBase):
             input_format=input_format,
         )
 
-    def student_step(self, batched_inputs, gt_instances) -> Tuple[Dict[str, Tensor], DetectorOutputs]:
+    def student_step(
+        self, batched_inputs, gt_instances
+    ) -> Tuple[Dict[str, Tensor], DetectorOutputs]:
         model = self.student
         images = model.preprocess_image(batched_inputs)
         outputs = {
@@ -124,7 +129,9 @@ class KDGeneralizedRCNN(KDMetaArchBase):
         rpn_in = [features[f] for f in pg.in_features]
         objectness, anchor_deltas = pg.rpn_head(rpn_in)
         boxes = [p.proposal_boxes for p in student.proposals]
-        box_features = roi.box_head(roi.box_pooler([features[f] for f in roi.box_in_features], boxes))
+        box_features = roi.box_head(
+            roi.box_pooler([features[f] for f in roi.box_in_features], boxes)
+        )
         cls_logits, box_deltas = roi.box_predictor(box_features)
         return DetectorOutputs(
             images=images,

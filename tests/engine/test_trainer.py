@@ -1,0 +1,118 @@
+"""Training through KDTrainer: frozen teacher, checkpoints, resume, init weights, evaluation."""
+
+import glob
+import os
+
+import torch
+from conftest import kd_cfg, tiny_cfg
+from detectron2.modeling import build_model
+
+from kd_det2.engine import KDCheckpointer, KDTrainer
+
+
+def _train_cfg(tmp_path, max_iter=4, **kw):
+    cfg = kd_cfg(tmp_path, "FCOS", num_classes=6, **kw)
+    cfg.MODEL.FCOS.NUM_CLASSES = 6
+    cfg.DATASETS.TRAIN = ("kd_shapes_mini_train",)
+    cfg.DATASETS.TEST = ()
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.SOLVER.IMS_PER_BATCH = 2
+    cfg.SOLVER.BASE_LR = 0.01
+    cfg.SOLVER.MAX_ITER = max_iter
+    cfg.SOLVER.STEPS = ()
+    cfg.SOLVER.WARMUP_ITERS = 1
+    cfg.SOLVER.CHECKPOINT_PERIOD = 2
+    cfg.MODEL.KD.FITNET.LOSS_WEIGHT = 1e-4  # a random teacher has huge FPN activations
+    cfg.OUTPUT_DIR = str(tmp_path / "out")
+    return cfg
+
+
+def _snapshot(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_teacher_unchanged_after_training_and_checkpoints_are_clean(tmp_path):
+    cfg = _train_cfg(tmp_path)
+    trainer = KDTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    teacher = trainer.model.teacher
+    before = _snapshot(teacher)  # parameters and BN running statistics
+    student_before = _snapshot(trainer.model.student)
+    trainer.train()
+    after = teacher.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not teacher.training
+    assert any(
+        not torch.equal(student_before[k], v) for k, v in trainer.model.student.state_dict().items()
+    )
+    ckpts = sorted(os.path.basename(p) for p in glob.glob(os.path.join(cfg.OUTPUT_DIR, "*.pth")))
+    assert ckpts == ["model_0000001.pth", "model_0000003.pth", "model_final.pth"]
+    assert not glob.glob(os.path.join(cfg.OUTPUT_DIR, "*.tmp*"))
+    state = torch.load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"), weights_only=False)
+    assert not any(k.startswith("teacher.") for k in state["model"])
+    assert any(k.startswith("distillers.") for k in state["model"])
+    assert state["iteration"] == 3
+
+
+def test_resume_continues_where_training_stopped(tmp_path):
+    cfg = _train_cfg(tmp_path, max_iter=4)
+    trainer = KDTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    saved = _snapshot(trainer.model)
+
+    cfg2 = cfg.clone()
+    cfg2.SOLVER.MAX_ITER = 6
+    resumed = KDTrainer(cfg2)
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 4
+    current = resumed.model.state_dict()
+    assert all(torch.equal(saved[k], current[k]) for k in saved)  # student and adapters
+    resumed.train()
+    assert resumed.iter == 6  # detectron2 leaves iter at max_iter after the loop
+    assert os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "model_0000005.pth"))
+
+
+def test_init_weights_load_into_the_student_only(tmp_path):
+    # a plain detector checkpoint (same architecture as the student) as MODEL.WEIGHTS
+    plain = build_model(tiny_cfg("FCOS", 18, 32, num_classes=6))
+    path = tmp_path / "plain.pth"
+    torch.save({"model": plain.state_dict()}, path)
+    cfg = _train_cfg(tmp_path)
+    cfg.MODEL.WEIGHTS = str(path)
+    trainer = KDTrainer(cfg)
+    teacher_before = _snapshot(trainer.model.teacher)
+    trainer.resume_or_load(resume=False)
+    student = trainer.model.student.state_dict()
+    assert all(torch.equal(v, student[k]) for k, v in plain.state_dict().items())
+    teacher_after = trainer.model.teacher.state_dict()
+    assert all(torch.equal(teacher_before[k], teacher_after[k]) for k in teacher_before)
+
+
+def test_checkpointer_writes_atomically(tmp_path, monkeypatch):
+    model = build_model(tiny_cfg("FCOS"))
+    ckpt = KDCheckpointer(model, save_dir=str(tmp_path))
+    ckpt.save("good")
+
+    def broken_save(obj, f, *a, **k):
+        f.write(b"partial")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    try:
+        ckpt.save("good")
+    except RuntimeError:
+        pass
+    monkeypatch.undo()
+    # the earlier checkpoint is intact and still the last one
+    state = torch.load(tmp_path / "good.pth", weights_only=False)
+    assert "model" in state
+    assert (tmp_path / "last_checkpoint").read_text() == "good.pth"
+
+
+def test_evaluation_with_coco_evaluator(tmp_path):
+    cfg = _train_cfg(tmp_path, distillers=())
+    cfg.DATASETS.TEST = ("kd_shapes_mini_val",)
+    model = KDTrainer.build_model(cfg)
+    results = KDTrainer.test(cfg, model)
+    assert set(results["bbox"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}

@@ -1,0 +1,204 @@
+"""KD meta-architectures: forward/backward, frozen teacher, checkpoints, inference, errors."""
+
+import pytest
+import torch
+from conftest import kd_cfg, make_batch, tiny_cfg
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+CASES = [
+    # (student arch, student depth, teacher depth): smaller and larger teachers
+    ("FCOS", 18, 50),
+    ("RetinaNet", 18, 34),
+    ("GeneralizedRCNN", 18, 18),
+    ("FCOS", 50, 18),
+]
+
+
+def _train_step(model, batch):
+    model.train()
+    with EventStorage():
+        losses = model(batch)
+    return losses
+
+
+@pytest.mark.parametrize("arch,s_depth,t_depth", CASES)
+def test_forward_backward_finite(tmp_path, arch, s_depth, t_depth):
+    cfg = kd_cfg(tmp_path, arch, student_depth=s_depth, teacher_depth=t_depth)
+    model = build_model(cfg)
+    losses = _train_step(model, make_batch(boxes_per_image=(3, 1)))
+    assert {"loss_kd_fitnet", "loss_kd_logit"} <= set(losses)
+    for name, value in losses.items():
+        assert value.dim() == 0 and torch.isfinite(value), name
+    sum(losses.values()).backward()
+    assert all(p.grad is None for p in model.teacher.parameters())
+    assert any(p.grad is not None for p in model.student.parameters())
+    adapters = list(model.distillers["FitNet"].parameters())
+    assert adapters and all(p.grad is not None for p in adapters)  # 32 -> 64 channels
+
+
+@pytest.mark.parametrize("arch", ["FCOS", "RetinaNet", "GeneralizedRCNN"])
+def test_images_without_boxes_give_finite_losses(tmp_path, arch):
+    model = build_model(kd_cfg(tmp_path, arch))
+    losses = _train_step(model, make_batch(boxes_per_image=(0,)))
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_teacher_frozen_eval_and_not_in_state_dict(tmp_path):
+    model = build_model(kd_cfg(tmp_path, "FCOS"))
+    model.train()
+    assert model.training and model.student.training and not model.teacher.training
+    assert all(not p.requires_grad for p in model.teacher.parameters())
+    keys = model.state_dict().keys()
+    assert not any(k.startswith("teacher.") for k in keys)
+    assert any(k.startswith("student.") for k in keys) and any(
+        k.startswith("distillers.") for k in keys
+    )
+    # loading a wrapper state dict back is clean: the teacher is not reported missing
+    result = model.load_state_dict(model.state_dict(), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+
+
+def test_inference_runs_the_student_alone(tmp_path):
+    model = build_model(kd_cfg(tmp_path, "RetinaNet")).eval()
+    batch = make_batch()
+    calls = []
+    model.teacher.register_forward_pre_hook(lambda *a: calls.append(1))
+    for m in model.teacher.modules():
+        m.register_forward_pre_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        out = model(batch)
+        ref = model.student(batch)
+    assert not calls
+    assert len(out) == len(ref) == 2
+    for a, b in zip(out, ref):
+        assert torch.equal(a["instances"].pred_boxes.tensor, b["instances"].pred_boxes.tensor)
+
+
+def test_teacher_sees_student_inputs_and_captures(tmp_path):
+    """Captured tensors: towers per level, anchors, same level shapes in teacher and student."""
+    model = build_model(kd_cfg(tmp_path, "FCOS", student_fpn=32, teacher_fpn=64))
+    batch = make_batch()
+    model.train()
+    with EventStorage():
+        gt = [x["instances"] for x in batch]
+        _, s = model.student_step(batch, gt)
+        with torch.no_grad():
+            t = model.teacher_step(model.teacher_inputs(batch), s)
+    assert s.head_in_features == ["p3", "p4", "p5", "p6", "p7"]
+    assert set(s.towers) == {"cls", "reg"} and len(s.towers["cls"]) == 5
+    assert s.towers["cls"][0].shape[1] == 32 and t.towers["cls"][0].shape[1] == 64
+    assert [x.shape[-2:] for x in s.towers["reg"]] == [x.shape[-2:] for x in t.towers["reg"]]
+    assert set(s.predictions) == {"cls_logits", "box_deltas", "ctrness"}
+    assert len(s.anchors) == 5 and set(s.backbone) == {"res3", "res4", "res5"}
+    assert not t.towers["cls"][0].requires_grad and s.towers["cls"][0].requires_grad
+
+
+def test_rcnn_teacher_runs_on_student_sampled_proposals(tmp_path):
+    model = build_model(kd_cfg(tmp_path, "GeneralizedRCNN"))
+    batch = make_batch()
+    model.train()
+    with EventStorage():
+        gt = [x["instances"] for x in batch]
+        _, s = model.student_step(batch, gt)
+        with torch.no_grad():
+            t = model.teacher_step(model.teacher_inputs(batch), s)
+    num = sum(len(p) for p in s.proposals)
+    assert s.roi["cls_logits"].shape == t.roi["cls_logits"].shape == (num, 4)
+    assert s.proposals[0].has("gt_classes")
+    assert len(s.rpn["objectness_logits"]) == len(t.rpn["objectness_logits"]) == 5
+
+
+def test_plain_training_without_teacher(tmp_path):
+    cfg = kd_cfg(tmp_path, "FCOS", distillers=())
+    model = build_model(cfg)
+    assert model.teacher is None
+    losses = _train_step(model, make_batch())
+    assert not any(k.startswith("loss_kd_") for k in losses)
+
+
+def test_warmup_scales_kd_losses(tmp_path):
+    cfg = kd_cfg(tmp_path, "FCOS", distillers=("FitNet",))
+    cfg.MODEL.KD.WARMUP_ITERS = 10
+    model = build_model(cfg).train()
+    batch = make_batch()
+    values = []
+    for it in (0, 4, 20):
+        torch.manual_seed(0)
+        with EventStorage(start_iter=it):
+            values.append(model(batch)["loss_kd_fitnet"].item())
+    # factors (it + 1) / 10 capped at 1: 0.1, 0.5, 1.0
+    assert values[1] / values[0] == pytest.approx(5.0, rel=1e-4)
+    assert values[2] / values[0] == pytest.approx(10.0, rel=1e-4)
+
+
+def test_init_student_neck_and_head_from_teacher(tmp_path):
+    cfg = kd_cfg(
+        tmp_path, "FCOS", student_fpn=64, teacher_fpn=64, student_depth=18, teacher_depth=50
+    )
+    cfg.MODEL.KD.INIT_STUDENT_FROM_TEACHER = True
+    model = build_model(cfg)
+    s, t = model.student.state_dict(), model.teacher.state_dict()
+    assert torch.equal(s["head.cls_score.weight"], t["head.cls_score.weight"])
+    assert torch.equal(s["backbone.fpn_output3.weight"], t["backbone.fpn_output3.weight"])
+    # the lateral conv of res3 differs in input width (R18 128 vs R50 512 channels): not copied
+    assert s["backbone.fpn_lateral3.weight"].shape != t["backbone.fpn_lateral3.weight"].shape
+    assert not torch.equal(
+        s["backbone.bottom_up.stem.conv1.weight"][:1], t["backbone.bottom_up.stem.conv1.weight"][:1]
+    )
+
+
+# ------------------------------------------------------------------ errors before training
+def test_missing_teacher_weights_file(tmp_path):
+    cfg = kd_cfg(tmp_path, "FCOS", teacher_weights=str(tmp_path / "nope.pth"))
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        build_model(cfg)
+
+
+def test_empty_teacher_weights_rejected_by_default(tmp_path):
+    cfg = kd_cfg(tmp_path, "FCOS")
+    cfg.MODEL.KD.TEACHER.REQUIRE_WEIGHTS = True
+    with pytest.raises(FileNotFoundError, match="TEACHER.WEIGHTS is empty"):
+        build_model(cfg)
+
+
+def test_missing_teacher_config(tmp_path):
+    cfg = kd_cfg(tmp_path, "FCOS")
+    cfg.MODEL.KD.TEACHER.CONFIG_FILE = "no/such/teacher.yaml"
+    with pytest.raises(FileNotFoundError, match="no/such/teacher.yaml"):
+        build_model(cfg)
+
+
+def test_class_count_mismatch(tmp_path):
+    cfg = kd_cfg(tmp_path, "RetinaNet", num_classes=5)
+    with pytest.raises(ValueError, match="Class-count mismatch.*5 classes.*3"):
+        build_model(cfg)
+
+
+def test_unknown_distiller_name(tmp_path):
+    cfg = kd_cfg(tmp_path, "FCOS", distillers=("FitNet", "Fitnett"))
+    with pytest.raises(KeyError, match=r"Fitnett.*Registered distillers: \[.*'FitNet'.*'LogitKD'"):
+        build_model(cfg)
+
+
+def test_missing_feature_levels(tmp_path):
+    cfg = kd_cfg(tmp_path, "FCOS", distillers=("FitNet",))
+    cfg.MODEL.KD.FITNET.IN_FEATURES = ["p2", "p3"]
+    with pytest.raises(ValueError, match=r"FITNET.IN_FEATURES needs feature levels \['p2'\]"):
+        build_model(cfg)
+
+
+def test_wrong_teacher_weights_are_rejected(tmp_path):
+    other = build_model(tiny_cfg("RetinaNet", 18, 64))
+    path = tmp_path / "retina.pth"
+    torch.save({"model": other.state_dict()}, path)
+    cfg = kd_cfg(tmp_path, "FCOS", teacher_weights=str(path))
+    with pytest.raises(ValueError, match="do not fit the teacher"):
+        build_model(cfg)
+
+
+def test_student_family_mismatch(tmp_path):
+    cfg = kd_cfg(tmp_path, "RetinaNet")
+    cfg.MODEL.META_ARCHITECTURE = "KDGeneralizedRCNN"
+    with pytest.raises(TypeError, match="use KDDenseDetector"):
+        build_model(cfg)

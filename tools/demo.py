@@ -1,0 +1,156 @@
+#!/usr/bin/env python
+"""The kd_det2 demo (``make demo``): teacher, plain student and distilled student on kd_shapes.
+
+1. trains the teacher (cached: skipped when its checkpoint and config are unchanged),
+2. trains the student twice on the same schedule and seed, plainly and with distillation,
+3. evaluates the three with COCOEvaluator on ``kd_shapes_val`` and prints one table.
+
+    python tools/demo.py [--student-iters N] [--teacher-iters N] [--seed S] [--output DIR]
+"""
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from typing import Dict, List, Optional, Tuple
+
+from detectron2.utils.env import seed_all_rng
+from detectron2.utils.logger import setup_logger
+from tabulate import tabulate
+
+import kd_det2  # noqa: F401  (registers everything)
+from kd_det2.config import get_kd_cfg
+from kd_det2.engine import KDTrainer
+
+logger = logging.getLogger("kd_det2.demo")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_DIR = os.path.join(REPO, "projects", "demo")
+TEACHER = "fcos_R_50_teacher.yaml"
+STUDENT = "fcos_R_18_student.yaml"
+DISTILLED = "fcos_R_18_fitnet.yaml"
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def load_cfg(name: str, opts: List[str]):
+    """A demo config from projects/demo with overrides."""
+    cfg = get_kd_cfg()
+    cfg.merge_from_file(os.path.join(DEMO_DIR, name))
+    cfg.merge_from_list(opts)
+    return cfg
+
+
+def backbone_name(cfg) -> str:
+    return f"R{cfg.MODEL.RESNETS.DEPTH}-FPN{cfg.MODEL.FPN.OUT_CHANNELS}"
+
+
+def train_and_evaluate(cfg) -> Tuple[Dict[str, float], float]:
+    """Train with KDTrainer from scratch, then evaluate; returns (bbox metrics, train seconds)."""
+    test_sets = tuple(cfg.DATASETS.TEST)
+    cfg.DATASETS.TEST = ()  # evaluate once, below, outside the timed training
+    cfg.freeze()
+    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    seed_all_rng(cfg.SEED)
+    trainer = KDTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.DATASETS.TEST = test_sets
+    results = KDTrainer.test(cfg, trainer.model)
+    return {k: float(results["bbox"][k]) for k in METRICS}, seconds
+
+
+def cached_teacher(cfg) -> Optional[dict]:
+    """The cached teacher record when its checkpoint exists and its config is unchanged."""
+    stamp = os.path.join(cfg.OUTPUT_DIR, "demo_teacher.json")
+    weights = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    if not (os.path.isfile(stamp) and os.path.isfile(weights)):
+        return None
+    with open(stamp) as f:
+        record = json.load(f)
+    return record if record.get("config_sha1") == _sha1(cfg) else None
+
+
+def _sha1(cfg) -> str:
+    return hashlib.sha1(cfg.dump().encode()).hexdigest()
+
+
+def run(args) -> List[dict]:
+    common = ["SEED", str(args.seed)]
+    rows = []
+
+    teacher_cfg = load_cfg(TEACHER, common + _iters(args.teacher_iters) + _out(args, "teacher"))
+    record = None if args.force_teacher else cached_teacher(teacher_cfg)
+    if record is None:
+        logger.info(f"[1/3] training the teacher ({backbone_name(teacher_cfg)})")
+        key = _sha1(teacher_cfg)
+        metrics, seconds = train_and_evaluate(teacher_cfg.clone())
+        record = {"config_sha1": key, "metrics": metrics, "train_time": seconds}
+        with open(os.path.join(teacher_cfg.OUTPUT_DIR, "demo_teacher.json"), "w") as f:
+            json.dump(record, f)
+    else:
+        logger.info("[1/3] teacher checkpoint and config unchanged: using the cached teacher")
+    rows.append(_row("teacher", teacher_cfg, record["metrics"], record["train_time"]))
+    teacher_weights = os.path.join(teacher_cfg.OUTPUT_DIR, "model_final.pth")
+
+    for step, (label, name) in enumerate([("student", STUDENT), ("student + KD", DISTILLED)], 2):
+        opts = common + _iters(args.student_iters) + _out(args, label.replace(" + ", "_"))
+        cfg = load_cfg(name, opts)
+        if cfg.MODEL.KD.DISTILLERS:
+            cfg.MODEL.KD.TEACHER.WEIGHTS = teacher_weights
+            label = f"student + {'+'.join(cfg.MODEL.KD.DISTILLERS)}"
+        logger.info(f"[{step}/3] training {label} ({backbone_name(cfg)})")
+        metrics, seconds = train_and_evaluate(cfg)
+        rows.append(_row(label, cfg, metrics, seconds))
+    return rows
+
+
+def _iters(n: Optional[int]) -> List[str]:
+    if not n:
+        return []
+    return ["SOLVER.MAX_ITER", str(n), "SOLVER.STEPS", f"({int(n * 0.8)},)"]
+
+
+def _out(args, name: str) -> List[str]:
+    return ["OUTPUT_DIR", os.path.join(args.output, name)] if args.output else []
+
+
+def _row(label: str, cfg, metrics: Dict[str, float], seconds: float) -> dict:
+    row = {"model": label, "backbone": backbone_name(cfg)}
+    row.update({k: round(metrics[k], 2) for k in METRICS})
+    row["train time"] = f"{seconds:.0f} s ({cfg.SOLVER.MAX_ITER} it)"
+    return row
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--teacher-iters", type=int, default=None, help="teacher MAX_ITER")
+    parser.add_argument("--student-iters", type=int, default=None, help="student MAX_ITER")
+    parser.add_argument("--seed", type=int, default=0, help="seed of both student runs")
+    parser.add_argument("--output", default=None, help="output root (default: configs' own)")
+    parser.add_argument("--force-teacher", action="store_true", help="retrain the teacher")
+    args = parser.parse_args(argv)
+
+    setup_logger(name="detectron2", abbrev_name="d2")
+    setup_logger(name="kd_det2")
+    logging.getLogger("detectron2.engine.defaults").setLevel(logging.WARNING)  # model dumps
+    start = time.perf_counter()
+    rows = run(args)
+    table = tabulate(rows, headers="keys", tablefmt="pipe", floatfmt=".2f")
+    total = time.perf_counter() - start
+    print("\nkd_det2 demo: FCOS on kd_shapes_val (COCO bbox metrics, %)\n", flush=True)
+    print(table)
+    print(f"\ntotal wall time {total:.0f} s", flush=True)
+    out_dir = args.output or os.path.join("output", "demo")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write(table + f"\n\ntotal wall time {total:.0f} s\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
