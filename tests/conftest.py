@@ -30,6 +30,7 @@ def tiny_cfg(arch="FCOS", depth=18, fpn=32, num_classes=3):
     cfg.MODEL.META_ARCHITECTURE = arch
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.BACKBONE.NAME = _BACKBONES[arch]
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
     cfg.MODEL.RESNETS.DEPTH = depth
     cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64 if depth in (18, 34) else 256
     cfg.MODEL.RESNETS.NORM = "BN"

@@ -14,6 +14,7 @@ import logging
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 import kd_det2  # noqa: F401  (registers meta-architectures, distillers, datasets)
 from kd_det2.config import get_kd_cfg
@@ -29,6 +30,7 @@ def setup(args):
     cfg.merge_from_list(args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="kd_det2")
     return cfg
 
 

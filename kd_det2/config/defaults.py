@@ -105,6 +105,11 @@ def add_kd_config(cfg: CN) -> None:
     if "OPTIMIZER" not in _C.SOLVER:
         _C.SOLVER.OPTIMIZER = "SGD"
 
+    # Images per batch of the test loader built by KDTrainer (per process); batching makes CPU
+    # inference several times faster than detectron2's fixed 1.
+    if "IMS_PER_BATCH" not in _C.TEST:
+        _C.TEST.IMS_PER_BATCH = 1
+
     for hook in _CONFIG_HOOKS:
         hook(cfg)
 

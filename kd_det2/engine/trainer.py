@@ -7,6 +7,7 @@ from typing import Optional
 from unittest import mock
 
 import torch
+from detectron2.data import build_detection_test_loader
 from detectron2.engine import DefaultTrainer
 from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import COCOEvaluator
@@ -98,6 +99,14 @@ class KDTrainer(DefaultTrainer):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
         return COCOEvaluator(
             dataset_name, output_dir=output_folder, use_fast_impl=has_compiled_ops()
+        )
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name: str):
+        """detectron2's test loader with ``TEST.IMS_PER_BATCH`` images per batch."""
+        prepare_dataset(dataset_name)
+        return build_detection_test_loader(
+            cfg, dataset_name, batch_size=cfg.TEST.get("IMS_PER_BATCH", 1)
         )
 
     @classmethod

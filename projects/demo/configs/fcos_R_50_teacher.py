@@ -1,0 +1,66 @@
+"""LazyConfig twin of projects/demo/fcos_R_50_teacher.yaml (+ Base-Shapes-FCOS.yaml).
+
+Demo teacher: plain FCOS R50-FPN (128 channels) trained from scratch on CPU on the embedded
+kd_shapes dataset (128 px images, 6 classes), with BN in the backbone and the FPN.
+
+    python tools/lazyconfig_train_net.py --config-file projects/demo/configs/fcos_R_50_teacher.py
+"""
+
+import detectron2.data.transforms as T
+from detectron2 import model_zoo
+from detectron2.config import LazyCall as L
+from detectron2.layers import ShapeSpec
+from detectron2.solver import WarmupParamScheduler
+from fvcore.common.param_scheduler import MultiStepParamScheduler
+
+# Model: detectron2's FCOS (P6/P7 from P5, like the yacs build_fcos_resnet_fpn_backbone).
+model = model_zoo.get_config("common/models/fcos.py").model
+model.backbone.bottom_up.stem.norm = "BN"
+model.backbone.bottom_up.stages.norm = "BN"
+model.backbone.bottom_up.freeze_at = 0  # from scratch: train every stage (MODEL.BACKBONE.FREEZE_AT)
+model.backbone.norm = "BN"
+model.backbone.out_channels = 128
+model.backbone.top_block.in_channels = "${..out_channels}"
+model.head.input_shape = [ShapeSpec(channels=128)] * 5
+model.head.conv_dims = [128, 128]  # MODEL.FCOS.NUM_CONVS: 2
+model.head.norm = "GN"
+model.num_classes = 6
+model.test_score_thresh = 0.05
+model.pixel_std = [57.375, 57.120, 58.395]
+
+# Data: kd_shapes at 128 px, horizontal flips for training.
+dataloader = model_zoo.get_config("common/data/coco.py").dataloader
+dataloader.train.dataset.names = "kd_shapes_train"
+dataloader.train.mapper.augmentations = [
+    L(T.ResizeShortestEdge)(short_edge_length=(128,), sample_style="choice", max_size=128),
+    L(T.RandomFlip)(horizontal=True),
+]
+dataloader.train.mapper.use_instance_mask = False
+dataloader.train.total_batch_size = 8
+dataloader.train.num_workers = 1
+dataloader.test.dataset.names = "kd_shapes_val"
+dataloader.test.mapper.augmentations = [
+    L(T.ResizeShortestEdge)(short_edge_length=128, max_size=128)
+]
+dataloader.test.num_workers = 1
+dataloader.evaluator.dataset_name = "${..test.dataset.names}"
+dataloader.evaluator.use_fast_impl = False
+
+# Solver: SGD lr 0.02 at batch 8, 300 iterations, x0.1 at 240, 50 linear warm-up iterations.
+optimizer = model_zoo.get_config("common/optim.py").SGD
+optimizer.lr = 0.02
+lr_multiplier = L(WarmupParamScheduler)(
+    scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1], milestones=[240], num_updates=300),
+    warmup_length=50 / 300,
+    warmup_method="linear",
+    warmup_factor=0.001,
+)
+
+train = model_zoo.get_config("common/train.py").train
+train.init_checkpoint = ""
+train.max_iter = 300
+train.device = "cpu"
+train.seed = 0
+train.eval_period = 0  # evaluate once, at the end
+train.checkpointer.period = 100000
+train.output_dir = "output/demo/teacher_fcos_R_50"
