@@ -2,6 +2,7 @@
 
 Importing the package registers its meta-architectures, detectors, distillers and datasets.
 """
+
 from . import data  # noqa: F401  (registers kd_shapes_* and, when found, bccd_*)
 from . import modeling  # noqa: F401
 from .config import add_kd_config, get_kd_cfg

@@ -20,15 +20,7 @@ import copy
 import logging
 
 from detectron2.config import LazyConfig, instantiate
-from detectron2.engine import (
-    AMPTrainer,
-    SimpleTrainer,
-    default_argument_parser,
-    default_setup,
-    default_writers,
-    hooks,
-    launch,
-)
+from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks
 from detectron2.evaluation import COCOEvaluator, inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -36,7 +28,7 @@ from omegaconf import OmegaConf
 
 import kd_det2  # noqa: F401  (registers meta-architectures, distillers, datasets)
 from kd_det2.data import prepare_dataset
-from kd_det2.engine import KDCheckpointer, create_ddp_model, has_compiled_ops
+from kd_det2.engine import KDCheckpointer, create_ddp_model, has_compiled_ops, run_cli
 
 logger = logging.getLogger("kd_det2")
 
@@ -152,18 +144,5 @@ def main(args):
     do_train(args, cfg)
 
 
-def invoke_main() -> None:
-    """Parse detectron2's command line and start one process per GPU (or CPU process)."""
-    args = default_argument_parser().parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
-
-
 if __name__ == "__main__":
-    invoke_main()
+    run_cli(main)

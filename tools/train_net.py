@@ -11,14 +11,14 @@ Without a GPU, --num-gpus N starts N CPU processes (GLOO).
 """
 import logging
 
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 import kd_det2  # noqa: F401  (registers meta-architectures, distillers, datasets)
 from kd_det2.config import get_kd_cfg
-from kd_det2.engine import KDCheckpointer, KDTrainer, without_teacher
+from kd_det2.engine import KDCheckpointer, KDTrainer, run_cli, without_teacher
 
 logger = logging.getLogger("kd_det2")
 
@@ -51,17 +51,5 @@ def main(args):
     return trainer.train()
 
 
-def invoke_main() -> None:
-    args = default_argument_parser().parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
-
-
 if __name__ == "__main__":
-    invoke_main()
+    run_cli(main)

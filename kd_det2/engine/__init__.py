@@ -6,6 +6,7 @@ from .trainer import (
     create_ddp_model,
     has_compiled_ops,
     prepare_datasets,
+    run_cli,
     without_teacher,
 )
 
@@ -16,6 +17,7 @@ __all__ = [
     "has_compiled_ops",
     "is_kd_checkpoint",
     "prepare_datasets",
+    "run_cli",
     "unwrap",
     "without_teacher",
 ]

@@ -147,3 +147,19 @@ def without_teacher(cfg):
     cfg.MODEL.KD.DISTILLERS = []
     cfg.MODEL.KD.INIT_STUDENT_FROM_TEACHER = False
     return cfg
+
+
+def run_cli(main) -> None:
+    """Parse detectron2's command line and run ``main(args)`` through ``launch`` (one process per
+    GPU, or ``--num-gpus`` CPU processes with GLOO when there is no GPU)."""
+    from detectron2.engine import default_argument_parser, launch
+
+    args = default_argument_parser().parse_args()
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

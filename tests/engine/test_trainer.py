@@ -116,3 +116,62 @@ def test_evaluation_with_coco_evaluator(tmp_path):
     model = KDTrainer.build_model(cfg)
     results = KDTrainer.test(cfg, model)
     assert set(results["bbox"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+
+
+def test_coco_scale_pgd_config_builds_and_starts_training(tmp_path, monkeypatch):
+    """projects/PGD/fcos_r50.yaml (R101 teacher -> R50 student) runs a step when data and
+    weights exist: here a stand-in teacher checkpoint and the mini kd_shapes set."""
+    from kd_det2.config import get_kd_cfg
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    monkeypatch.chdir(repo)
+    small = ["MODEL.DEVICE", "cpu", "MODEL.FCOS.NUM_CLASSES", 6]
+    teacher_cfg = get_kd_cfg()
+    teacher_cfg.merge_from_file("projects/teachers/FCOS_R_101_FPN_3x.yaml")
+    teacher_cfg.merge_from_list(small)
+    teacher = build_model(teacher_cfg)
+    torch.save({"model": teacher.state_dict()}, tmp_path / "teacher.pth")
+
+    cfg = get_kd_cfg()
+    cfg.merge_from_file("projects/PGD/fcos_r50.yaml")
+    cfg.merge_from_list(
+        small
+        + [
+            "MODEL.WEIGHTS",
+            "",
+            "MODEL.KD.TEACHER.WEIGHTS",
+            str(tmp_path / "teacher.pth"),
+            "MODEL.KD.TEACHER.OPTS",
+            ["MODEL.FCOS.NUM_CLASSES", 6],
+            "MODEL.KD.FITNET.LOSS_WEIGHT",
+            1e-9,  # random R101 features are huge
+            "DATASETS.TRAIN",
+            ("kd_shapes_mini_train",),
+            "DATASETS.TEST",
+            (),
+            "INPUT.MIN_SIZE_TRAIN",
+            (64,),
+            "INPUT.MAX_SIZE_TRAIN",
+            64,
+            "SOLVER.IMS_PER_BATCH",
+            2,
+            "SOLVER.MAX_ITER",
+            1,
+            "DATALOADER.NUM_WORKERS",
+            0,
+            "OUTPUT_DIR",
+            str(tmp_path / "out"),
+        ]
+    )
+    trainer = KDTrainer(cfg)
+    model = trainer.model
+    assert type(model.teacher.backbone.bottom_up.res4[0]).__name__ == "BottleneckBlock"
+    assert (
+        len(model.teacher.backbone.bottom_up.res4) == 23
+        and len(model.student.backbone.bottom_up.res4) == 6
+    )
+    # INIT_STUDENT_FROM_TEACHER: neck and head come from the teacher
+    assert torch.equal(model.student.head.cls_score.weight, model.teacher.head.cls_score.weight)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert trainer.iter == 1

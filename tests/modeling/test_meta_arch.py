@@ -22,6 +22,17 @@ def _train_step(model, batch):
     return losses
 
 
+def _captured(model):
+    """(student, teacher) DetectorOutputs of one training step on a random batch."""
+    batch = make_batch()
+    model.train()
+    with EventStorage():
+        _, s = model.student_step(batch, [x["instances"] for x in batch])
+        with torch.no_grad():
+            t = model.teacher_step(model.teacher_inputs(batch), s)
+    return s, t
+
+
 @pytest.mark.parametrize("arch,s_depth,t_depth", CASES)
 def test_forward_backward_finite(tmp_path, arch, s_depth, t_depth):
     cfg = kd_cfg(tmp_path, arch, student_depth=s_depth, teacher_depth=t_depth)
@@ -78,13 +89,7 @@ def test_inference_runs_the_student_alone(tmp_path):
 def test_teacher_sees_student_inputs_and_captures(tmp_path):
     """Captured tensors: towers per level, anchors, same level shapes in teacher and student."""
     model = build_model(kd_cfg(tmp_path, "FCOS", student_fpn=32, teacher_fpn=64))
-    batch = make_batch()
-    model.train()
-    with EventStorage():
-        gt = [x["instances"] for x in batch]
-        _, s = model.student_step(batch, gt)
-        with torch.no_grad():
-            t = model.teacher_step(model.teacher_inputs(batch), s)
+    s, t = _captured(model)
     assert s.head_in_features == ["p3", "p4", "p5", "p6", "p7"]
     assert set(s.towers) == {"cls", "reg"} and len(s.towers["cls"]) == 5
     assert s.towers["cls"][0].shape[1] == 32 and t.towers["cls"][0].shape[1] == 64
@@ -96,13 +101,7 @@ def test_teacher_sees_student_inputs_and_captures(tmp_path):
 
 def test_rcnn_teacher_runs_on_student_sampled_proposals(tmp_path):
     model = build_model(kd_cfg(tmp_path, "GeneralizedRCNN"))
-    batch = make_batch()
-    model.train()
-    with EventStorage():
-        gt = [x["instances"] for x in batch]
-        _, s = model.student_step(batch, gt)
-        with torch.no_grad():
-            t = model.teacher_step(model.teacher_inputs(batch), s)
+    s, t = _captured(model)
     num = sum(len(p) for p in s.proposals)
     assert s.roi["cls_logits"].shape == t.roi["cls_logits"].shape == (num, 4)
     assert s.proposals[0].has("gt_classes")

@@ -5,6 +5,8 @@ import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
@@ -52,6 +54,7 @@ class KDMetaArchBase(nn.Module):
     #: "dense" or "rcnn"
     kind: str = ""
 
+    @configurable
     def __init__(
         self,
         *,
@@ -102,8 +105,8 @@ class KDMetaArchBase(nn.Module):
         return META_ARCH_REGISTRY.get(name)(cfg)
 
     @classmethod
-    def kd_from_config(cls, cfg) -> dict:
-        """Arguments of ``__init__`` from a yacs config (shared by the subclasses)."""
+    def from_config(cls, cfg) -> dict:
+        """Arguments of ``__init__`` from a yacs config (``MODEL.KD.*`` and the student's keys)."""
         kd = cfg.MODEL.KD
         student = cls.build_student(cfg)
         names = list(kd.DISTILLERS)
@@ -155,6 +158,13 @@ class KDMetaArchBase(nn.Module):
     def describe(cls, model: nn.Module, input_format: str) -> ModelSpec:
         """Static :class:`ModelSpec` of a detector of this wrapper's family."""
         raise NotImplementedError  # abstract
+
+    @staticmethod
+    def backbone_shapes(model: nn.Module) -> Tuple[Dict[str, ShapeSpec], Dict[str, ShapeSpec]]:
+        """(bottom-up stage shapes, neck output shapes) of a detector's backbone."""
+        backbone = model.backbone
+        bottom_up = getattr(backbone, "bottom_up", backbone)
+        return dict(bottom_up.output_shape()), dict(backbone.output_shape())
 
     # ---------------------------------------------------------------------------- training
     @property

@@ -2,7 +2,6 @@
 
 from typing import Dict, List, Tuple
 
-from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from torch import Tensor, nn
@@ -38,15 +37,6 @@ class KDDenseDetector(KDMetaArchBase):
 
     kind = "dense"
 
-    @configurable
-    def __init__(self, **kwargs):
-        """See :class:`KDMetaArchBase`."""
-        super().__init__(**kwargs)
-
-    @classmethod
-    def from_config(cls, cfg):
-        return cls.kd_from_config(cfg)
-
     @classmethod
     def describe(cls, model: nn.Module, input_format: str) -> ModelSpec:
         if not isinstance(model, DenseDetector):
@@ -54,8 +44,7 @@ class KDDenseDetector(KDMetaArchBase):
                 f"KDDenseDetector needs one-stage DenseDetector models, got {type(model).__name__}"
                 " (use KDGeneralizedRCNN for two-stage detectors)."
             )
-        backbone = model.backbone
-        bottom_up = getattr(backbone, "bottom_up", backbone)
+        stages, levels = cls.backbone_shapes(model)
         towers = {
             name: _last_conv_channels(get_submodule(model, path))
             for name, path in TOWER_PATHS.items()
@@ -65,8 +54,8 @@ class KDDenseDetector(KDMetaArchBase):
             kind="dense",
             arch=type(model).__name__,
             num_classes=model.num_classes,
-            backbone_shapes=dict(bottom_up.output_shape()),
-            feature_shapes=dict(backbone.output_shape()),
+            backbone_shapes=stages,
+            feature_shapes=levels,
             head_in_features=list(model.head_in_features),
             tower_channels=towers,
             num_anchors=model.anchor_generator.num_cell_anchors[0],

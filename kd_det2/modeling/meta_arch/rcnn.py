@@ -3,7 +3,6 @@
 from contextlib import contextmanager
 from typing import Dict, Tuple
 
-from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch.rcnn import GeneralizedRCNN
 from torch import Tensor, nn
@@ -45,15 +44,6 @@ class KDGeneralizedRCNN(KDMetaArchBase):
 
     kind = "rcnn"
 
-    @configurable
-    def __init__(self, **kwargs):
-        """See :class:`KDMetaArchBase`."""
-        super().__init__(**kwargs)
-
-    @classmethod
-    def from_config(cls, cfg):
-        return cls.kd_from_config(cfg)
-
     @classmethod
     def describe(cls, model: nn.Module, input_format: str) -> ModelSpec:
         if not isinstance(model, GeneralizedRCNN) or model.proposal_generator is None:
@@ -69,15 +59,14 @@ class KDGeneralizedRCNN(KDMetaArchBase):
                 f"{type(roi).__name__} is not supported: KDGeneralizedRCNN needs standard RoI "
                 "heads with one box_pooler and one box_head (cascade heads are not supported)."
             )
-        backbone = model.backbone
-        bottom_up = getattr(backbone, "bottom_up", backbone)
+        stages, levels = cls.backbone_shapes(model)
         pg = model.proposal_generator
         return ModelSpec(
             kind="rcnn",
             arch=type(model).__name__,
             num_classes=roi.num_classes,
-            backbone_shapes=dict(bottom_up.output_shape()),
-            feature_shapes=dict(backbone.output_shape()),
+            backbone_shapes=stages,
+            feature_shapes=levels,
             head_in_features=list(pg.in_features),
             tower_channels={"box_head": roi.box_head.output_shape.channels},
             num_anchors=pg.anchor_generator.num_cell_anchors[0],

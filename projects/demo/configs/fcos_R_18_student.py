@@ -9,7 +9,7 @@ from detectron2.layers import ShapeSpec
 
 from kd_det2.modeling.meta_arch import KDDenseDetector
 
-from .fcos_R_50_teacher import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
+from .fcos_R_50_teacher import _schedule, dataloader, model, optimizer, train  # noqa: F401
 
 # The teacher's FCOS with a ResNet-18 and a 64-channel FPN.
 _student = model
@@ -22,3 +22,5 @@ _student.head.conv_dims = [64, 64]
 model = L(KDDenseDetector)(student=_student, teacher=None, distillers={}, warmup_iters=0)
 
 train.output_dir = "output/demo/student_fcos_R_18"
+train.max_iter = 250
+lr_multiplier = _schedule(250)
