@@ -32,7 +32,7 @@ test: install
 	$(PY) -m pytest tests -q -p no:cacheprovider --timeout 900
 
 demo: install
-	PYTHONUNBUFFERED=1 $(PY) tools/demo.py
+	PYTHONUNBUFFERED=1 $(PY) tools/demo.py $(DEMO_ARGS)
 
 lint: install
 	$(PY) -m black --check -l 100 kd_det2 tools tests projects

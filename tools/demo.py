@@ -28,7 +28,7 @@ logger = logging.getLogger("kd_det2.demo")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_DIR = os.path.join(REPO, "projects", "demo")
-TEACHER = "fcos_R_50_teacher.yaml"
+TEACHER = "fcos_R_18_FPN128_teacher.yaml"
 STUDENT = "fcos_R_18_student.yaml"
 DISTILLED = "fcos_R_18_fitnet.yaml"
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")

@@ -5,7 +5,7 @@ classes, C channels, R sampled proposals over the whole batch.
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from detectron2.layers import ShapeSpec
 from detectron2.structures import Boxes, ImageList, Instances
@@ -30,6 +30,9 @@ class DetectorOutputs:
         towers: dense heads: ``{"cls": [...], "reg": [...]}``, the outputs of the classification
             and regression towers (after the last tower conv and activation, before the final
             predictors), one (N, C, Hi, Wi) tensor per level. Two-stage: ``{"box_head": [(R, C)]}``.
+        tower_blocks: dense heads: the output of every block (conv -> [norm] -> activation) of
+            each tower, ``{"cls": [block 0 per-level list, block 1 ..., ...], "reg": [...]}``;
+            ``tower_blocks["cls"][-1]`` is ``towers["cls"]``.
         predictions: dense heads: ``{"cls_logits": [(N, A*K, Hi, Wi)], "box_deltas":
             [(N, A*4, Hi, Wi)]}`` plus detector extras (FCOS: ``"ctrness"`` (N, 1, Hi, Wi)).
         anchors: dense heads and RPN: one :class:`Boxes` of (Hi*Wi*A, 4) per level.
@@ -46,6 +49,7 @@ class DetectorOutputs:
     features: Dict[str, Tensor]
     head_in_features: List[str]
     towers: Dict[str, List[Tensor]] = field(default_factory=dict)
+    tower_blocks: Dict[str, List[List[Tensor]]] = field(default_factory=dict)
     predictions: Dict[str, List[Tensor]] = field(default_factory=dict)
     anchors: Optional[List[Boxes]] = None
     rpn: Dict[str, List[Tensor]] = field(default_factory=dict)
@@ -71,6 +75,9 @@ class ModelSpec:
         tower_channels: tower name -> C (dense: "cls", "reg"; two-stage: "box_head").
         num_anchors: A, anchors per location of the dense head (two-stage: of the RPN).
         input_format: "BGR" or "RGB".
+        box2box_transform: dense heads: the model's transform between anchors and box deltas
+            (``apply_deltas(deltas (R, 4), anchors (R, 4)) -> boxes (R, 4)``), to decode its
+            predictions; None for two-stage models.
     """
 
     kind: str
@@ -82,3 +89,4 @@ class ModelSpec:
     tower_channels: Dict[str, int]
     num_anchors: int
     input_format: str = "BGR"
+    box2box_transform: Any = None

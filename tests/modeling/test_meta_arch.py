@@ -92,6 +92,8 @@ def test_teacher_sees_student_inputs_and_captures(tmp_path):
     s, t = _captured(model)
     assert s.head_in_features == ["p3", "p4", "p5", "p6", "p7"]
     assert set(s.towers) == {"cls", "reg"} and len(s.towers["cls"]) == 5
+    # one block per tower conv (tiny configs: 1 conv); the last block is the tower output
+    assert len(s.tower_blocks["cls"]) == 1 and s.tower_blocks["cls"][-1][0] is s.towers["cls"][0]
     assert s.towers["cls"][0].shape[1] == 32 and t.towers["cls"][0].shape[1] == 64
     assert [x.shape[-2:] for x in s.towers["reg"]] == [x.shape[-2:] for x in t.towers["reg"]]
     assert set(s.predictions) == {"cls_logits", "box_deltas", "ctrness"}

@@ -23,7 +23,7 @@ CONFIGS = sorted(
 KD = ["FitNet", "LogitKD"]
 # config -> (type of model, type of the student or None, distiller names)
 EXPECTED = {
-    "projects/demo/configs/fcos_R_50_teacher.py": ("FCOS", None, None),
+    "projects/demo/configs/fcos_R_18_FPN128_teacher.py": ("FCOS", None, None),
     "projects/demo/configs/fcos_R_18_student.py": ("KDDenseDetector", "FCOS", []),
     "projects/demo/configs/fcos_R_18_fitnet.py": ("KDDenseDetector", "FCOS", KD),
     "projects/Baselines/configs/fcos_R_50_fitnet.py": ("KDDenseDetector", "FCOS", KD),

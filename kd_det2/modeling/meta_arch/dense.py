@@ -18,6 +18,14 @@ PREDICTION_NAMES = ("cls_logits", "box_deltas", "ctrness")
 TOWER_PATHS = {"cls": "head.cls_subnet", "reg": "head.bbox_subnet"}
 
 
+_ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.SiLU, nn.GELU)
+
+
+def _block_ends(tower: nn.Module) -> List[str]:
+    """Names of the children of a tower that end its blocks (conv -> [norm] -> activation)."""
+    return [n for n, m in tower.named_children() if isinstance(m, _ACTIVATIONS)]
+
+
 def _last_conv_channels(module: nn.Module) -> int:
     convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
@@ -60,6 +68,7 @@ class KDDenseDetector(KDMetaArchBase):
             tower_channels=towers,
             num_anchors=model.anchor_generator.num_cell_anchors[0],
             input_format=input_format,
+            box2box_transform=getattr(model, "box2box_transform", None),
         )
 
     @staticmethod
@@ -71,20 +80,30 @@ class KDDenseDetector(KDMetaArchBase):
             them, for ``model.forward_training``)
         """
         images = model.preprocess_image(batched_inputs)
-        paths = {n: p for n, p in TOWER_PATHS.items() if get_submodule(model, p) is not None}
+        paths, blocks = {}, {}
+        for name, path in TOWER_PATHS.items():
+            tower = get_submodule(model, path)
+            if tower is None:
+                continue
+            paths[name] = path
+            blocks[name] = [f"_{name}.{i}" for i in range(len(_block_ends(tower)))]
+            paths.update({b: f"{path}.{n}" for b, n in zip(blocks[name], _block_ends(tower))})
         if hasattr(model.backbone, "bottom_up"):
             paths["_bottom_up"] = "backbone.bottom_up"
         with ForwardRecorder(model, outputs=paths) as rec:
             features = model.backbone(images.tensor)
             levels = [features[f] for f in model.head_in_features]
             predictions = model.head(levels)
-        backbone = rec.records.pop("_bottom_up", [features])[0]
+        records = rec.records
+        backbone = records.pop("_bottom_up", [features])[0]
+        tower_blocks = {t: [records.pop(b) for b in names] for t, names in blocks.items()}
         out = DetectorOutputs(
             images=images,
             backbone=backbone,
             features=features,
             head_in_features=list(model.head_in_features),
-            towers=rec.records,
+            towers=records,
+            tower_blocks=tower_blocks,
             predictions=dict(zip(PREDICTION_NAMES, predictions)),
             anchors=model.anchor_generator(levels),
         )

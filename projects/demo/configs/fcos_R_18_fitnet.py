@@ -1,7 +1,7 @@
 """LazyConfig twin of projects/demo/fcos_R_18_fitnet.yaml.
 
-Demo KD: the demo teacher (FCOS R50-FPN, 128 channels, trained by
-projects/demo/fcos_R_50_teacher.yaml or its twin here) distilled into the demo student (FCOS
+Demo KD: the demo teacher (FCOS R18-FPN, 128 channels, 4-conv towers, trained by
+projects/demo/fcos_R_18_FPN128_teacher.yaml or its twin here) distilled into the demo student (FCOS
 R18-FPN, 64 channels) with FitNet on P3-P7 (1x1 adapters, 64 -> 128) and sigmoid logit KD (T=2).
 """
 
@@ -17,8 +17,8 @@ from .fcos_R_18_student import dataloader, lr_multiplier, model, optimizer, trai
 _LEVELS = ["p3", "p4", "p5", "p6", "p7"]
 
 model.teacher = L(build_teacher_model)(
-    config_file="projects/demo/fcos_R_50_teacher.yaml",
-    weights="output/demo/teacher_fcos_R_50/model_final.pth",
+    config_file="projects/demo/fcos_R_18_FPN128_teacher.yaml",
+    weights="output/demo/teacher_fcos_R_18_FPN128/model_final.pth",
 )
 # A LazyCall (not a plain dict): instantiate() only builds what is inside mappings with a _target_.
 model.distillers = L(OrderedDict)(

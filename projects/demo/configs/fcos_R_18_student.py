@@ -9,12 +9,10 @@ from detectron2.layers import ShapeSpec
 
 from kd_det2.modeling.meta_arch import KDDenseDetector
 
-from .fcos_R_50_teacher import _schedule, dataloader, model, optimizer, train  # noqa: F401
+from .fcos_R_18_FPN128_teacher import _schedule, dataloader, model, optimizer, train  # noqa: F401
 
-# The teacher's FCOS with a ResNet-18 and a 64-channel FPN.
+# The teacher's FCOS (ResNet-18) with a 64-channel FPN and 2-conv towers.
 _student = model
-_student.backbone.bottom_up.stages.depth = 18
-del _student.backbone.bottom_up.stages.stride_in_1x1  # basic blocks have no 1x1 conv
 _student.backbone.out_channels = 64
 _student.head.input_shape = [ShapeSpec(channels=64)] * 5
 _student.head.conv_dims = [64, 64]
@@ -22,5 +20,5 @@ _student.head.conv_dims = [64, 64]
 model = L(KDDenseDetector)(student=_student, teacher=None, distillers={}, warmup_iters=0)
 
 train.output_dir = "output/demo/student_fcos_R_18"
-train.max_iter = 250
-lr_multiplier = _schedule(250)
+train.max_iter = 220
+lr_multiplier = _schedule(220)

@@ -1,9 +1,9 @@
-"""LazyConfig twin of projects/demo/fcos_R_50_teacher.yaml (+ Base-Shapes-FCOS.yaml).
+"""LazyConfig twin of projects/demo/fcos_R_18_FPN128_teacher.yaml (+ Base-Shapes-FCOS.yaml).
 
-Demo teacher: plain FCOS R50-FPN (128 channels) trained from scratch on CPU on the embedded
-kd_shapes dataset (128 px images, 6 classes), with BN in the backbone and the FPN.
+Demo teacher: plain FCOS R18-FPN with 128 channels and 4-conv towers, trained from scratch on CPU
+on the embedded kd_shapes dataset (128 px images, 6 classes), with BN in the backbone and the FPN.
 
-    python tools/lazyconfig_train_net.py --config-file projects/demo/configs/fcos_R_50_teacher.py
+    python tools/lazyconfig_train_net.py --config-file projects/demo/configs/fcos_R_18_FPN128_teacher.py
 """
 
 import detectron2.data.transforms as T
@@ -17,12 +17,14 @@ from fvcore.common.param_scheduler import MultiStepParamScheduler
 model = model_zoo.get_config("common/models/fcos.py").model
 model.backbone.bottom_up.stem.norm = "BN"
 model.backbone.bottom_up.stages.norm = "BN"
+model.backbone.bottom_up.stages.depth = 18
+del model.backbone.bottom_up.stages.stride_in_1x1  # basic blocks have no 1x1 conv
 model.backbone.bottom_up.freeze_at = 0  # from scratch: train every stage (MODEL.BACKBONE.FREEZE_AT)
 model.backbone.norm = "BN"
 model.backbone.out_channels = 128
 model.backbone.top_block.in_channels = "${..out_channels}"
 model.head.input_shape = [ShapeSpec(channels=128)] * 5
-model.head.conv_dims = [128, 128]  # MODEL.FCOS.NUM_CONVS: 2
+model.head.conv_dims = [128] * 4  # MODEL.FCOS.NUM_CONVS: 4
 model.head.norm = "GN"
 model.num_classes = 6
 model.test_score_thresh = 0.05
@@ -47,7 +49,7 @@ dataloader.evaluator.dataset_name = "${..test.dataset.names}"
 dataloader.evaluator.use_fast_impl = False
 
 # Solver: AdamW lr 1e-3, weight decay 0.05, batch 8, 50 linear warm-up iterations; x0.1 at 80%.
-# The teacher trains 400 iterations, the students 250 (see fcos_R_18_student.py).
+# The teacher trains 450 iterations, the students 220 (see fcos_R_18_student.py).
 optimizer = model_zoo.get_config("common/optim.py").AdamW
 optimizer.lr = 0.001
 optimizer.weight_decay = 0.05
@@ -65,13 +67,13 @@ def _schedule(max_iter: int):
     )
 
 
-lr_multiplier = _schedule(400)
+lr_multiplier = _schedule(450)
 
 train = model_zoo.get_config("common/train.py").train
 train.init_checkpoint = ""
-train.max_iter = 400
+train.max_iter = 450
 train.device = "cpu"
 train.seed = 0
 train.eval_period = 0  # evaluate once, at the end
 train.checkpointer.period = 100000
-train.output_dir = "output/demo/teacher_fcos_R_50"
+train.output_dir = "output/demo/teacher_fcos_R_18_FPN128"
