@@ -6,7 +6,7 @@
 
 Writes ``student.pth`` ({"model": student state dict}, no teacher, no adapters) and the student's
 own config next to it: ``student.yaml`` for a yacs config (MODEL.META_ARCHITECTURE set to the
-student's, MODEL.KD removed), ``student.py.yaml`` (a LazyConfig dump of ``model.student``) for a
+student's, every key that kd_det2 adds removed), ``student.py.yaml`` (a LazyConfig dump of ``model.student``) for a
 LazyConfig. The checkpoint loads with ``DetectionCheckpointer`` into a vanilla detectron2 model
 built from that config, without importing kd_det2, except for FCOS students from a yacs config:
 vanilla detectron2 builds FCOS from LazyConfig only, so build
@@ -44,6 +44,8 @@ def student_state_dict(checkpoint: Dict) -> Dict[str, torch.Tensor]:
 
 def export_yacs_config(config_file: str, opts, path: str) -> str:
     """Write the student's own yacs config (KD keys removed) to ``path``; return the arch."""
+    from detectron2.config import get_cfg
+
     from kd_det2.config import get_kd_cfg
 
     cfg = get_kd_cfg()
@@ -53,13 +55,25 @@ def export_yacs_config(config_file: str, opts, path: str) -> str:
     if arch.startswith("KD"):
         arch = cfg.MODEL.KD.STUDENT_META_ARCHITECTURE
     cfg.MODEL.META_ARCHITECTURE = arch
-    del cfg.MODEL["KD"]
-    if arch != "FCOS":
-        del cfg.MODEL["FCOS"]
     cfg.MODEL.WEIGHTS = ""
+    keep = {("MODEL", "FCOS")} if arch == "FCOS" else set()
+    _drop_keys_missing_from(cfg, get_cfg(), keep)
     with open(path, "w") as f:
         f.write(cfg.dump())
     return arch
+
+
+def _drop_keys_missing_from(cfg, vanilla, keep, prefix=()) -> None:
+    """Delete (recursively) the keys of ``cfg`` that ``vanilla`` lacks (kd_det2's additions), but
+    those whose key path is in ``keep``."""
+    for key in list(cfg.keys()):
+        path = prefix + (key,)
+        if path in keep:
+            continue
+        if key not in vanilla:
+            del cfg[key]
+        elif isinstance(cfg[key], dict) and isinstance(vanilla[key], dict):
+            _drop_keys_missing_from(cfg[key], vanilla[key], keep, path)
 
 
 def export_lazy_config(config_file: str, opts, path: str) -> str:
