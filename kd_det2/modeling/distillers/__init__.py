@@ -8,12 +8,14 @@ from .base import (
     registered_distillers,
 )
 from .baselines import FitNet, LogitKD
+from .pgd import PGD
 
 __all__ = [
     "KD_DISTILLER_REGISTRY",
     "Distiller",
     "FitNet",
     "LogitKD",
+    "PGD",
     "build_distillers",
     "check_features",
     "registered_distillers",
