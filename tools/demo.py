@@ -2,10 +2,12 @@
 """The kd_det2 demo (``make demo``): teacher, plain student and distilled student on kd_shapes.
 
 1. trains the teacher (cached: skipped when its checkpoint and config are unchanged),
-2. trains the student twice on the same schedule and seed, plainly and with distillation,
+2. trains the student on the same schedule and seed, plainly and with each distillation method
+   of ``--methods`` (default: PGD),
 3. evaluates the three with COCOEvaluator on ``kd_shapes_val`` and prints one table.
 
-    python tools/demo.py [--student-iters N] [--teacher-iters N] [--seed S] [--output DIR]
+    python tools/demo.py [--methods pgd,fitnet] [--student-iters N] [--teacher-iters N]
+                         [--seed S] [--output DIR] [--force-teacher]
 """
 import argparse
 import hashlib
@@ -30,7 +32,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_DIR = os.path.join(REPO, "projects", "demo")
 TEACHER = "fcos_R_18_FPN128_teacher.yaml"
 STUDENT = "fcos_R_18_student.yaml"
-DISTILLED = "fcos_R_18_fitnet.yaml"
+#: --methods name -> distilled-student config
+DISTILLED = {"pgd": "fcos_R_18_pgd.yaml", "fitnet": "fcos_R_18_fitnet.yaml"}
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
@@ -84,27 +87,33 @@ def run(args) -> List[dict]:
     common = ["SEED", str(args.seed)]
     rows = []
 
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in DISTILLED]
+    if unknown:
+        raise SystemExit(f"unknown --methods {unknown}; choose from {sorted(DISTILLED)}")
+    steps = 2 + len(methods)
     teacher_cfg = load_cfg(TEACHER, common + _iters(args.teacher_iters) + _out(args, "teacher"))
     record = None if args.force_teacher else cached_teacher(teacher_cfg)
     if record is None:
-        logger.info(f"[1/3] training the teacher ({backbone_name(teacher_cfg)})")
+        logger.info(f"[1/{steps}] training the teacher ({backbone_name(teacher_cfg)})")
         key = _sha1(teacher_cfg)
         metrics, seconds = train_and_evaluate(teacher_cfg.clone())
         record = {"config_sha1": key, "metrics": metrics, "train_time": seconds}
         with open(os.path.join(teacher_cfg.OUTPUT_DIR, "demo_teacher.json"), "w") as f:
             json.dump(record, f)
     else:
-        logger.info("[1/3] teacher checkpoint and config unchanged: using the cached teacher")
+        logger.info(f"[1/{steps}] teacher checkpoint and config unchanged: using the cached one")
     rows.append(_row("teacher", teacher_cfg, record["metrics"], record["train_time"]))
     teacher_weights = os.path.join(teacher_cfg.OUTPUT_DIR, "model_final.pth")
 
-    for step, (label, name) in enumerate([("student", STUDENT), ("student + KD", DISTILLED)], 2):
-        opts = common + _iters(args.student_iters) + _out(args, label.replace(" + ", "_"))
+    runs = [("student", STUDENT)] + [(f"student_{m}", DISTILLED[m]) for m in methods]
+    for step, (label, name) in enumerate(runs, 2):
+        opts = common + _iters(args.student_iters) + _out(args, label)
         cfg = load_cfg(name, opts)
         if cfg.MODEL.KD.DISTILLERS:
             cfg.MODEL.KD.TEACHER.WEIGHTS = teacher_weights
             label = f"student + {'+'.join(cfg.MODEL.KD.DISTILLERS)}"
-        logger.info(f"[{step}/3] training {label} ({backbone_name(cfg)})")
+        logger.info(f"[{step}/{steps}] training {label} ({backbone_name(cfg)})")
         metrics, seconds = train_and_evaluate(cfg)
         rows.append(_row(label, cfg, metrics, seconds))
     return rows
@@ -129,6 +138,9 @@ def _row(label: str, cfg, metrics: Dict[str, float], seconds: float) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--methods", default="pgd", help=f"comma-separated KD methods from {sorted(DISTILLED)}"
+    )
     parser.add_argument("--teacher-iters", type=int, default=None, help="teacher MAX_ITER")
     parser.add_argument("--student-iters", type=int, default=None, help="student MAX_ITER")
     parser.add_argument("--seed", type=int, default=0, help="seed of both student runs")

@@ -33,7 +33,9 @@ EXPECTED = {
         "GeneralizedRCNN",
         KD,
     ),
-    "projects/PGD/configs/fcos_r50.py": ("KDDenseDetector", "FCOS", KD),
+    "projects/PGD/configs/fcos_r50.py": ("KDDenseDetector", "FCOS", ["PGD"]),
+    "projects/PGD/configs/retinanet_r50.py": ("KDDenseDetector", "RetinaNet", ["PGD"]),
+    "projects/demo/configs/fcos_R_18_pgd.py": ("KDDenseDetector", "FCOS", ["PGD"]),
 }
 TOOL = os.path.join("tools", "lazyconfig_train_net.py")
 FITNET = "projects/demo/configs/fcos_R_18_fitnet.py"
