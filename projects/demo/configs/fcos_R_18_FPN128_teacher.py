@@ -3,7 +3,8 @@
 Demo teacher: plain FCOS R18-FPN with 128 channels and 4-conv towers, trained from scratch on CPU
 on the embedded kd_shapes dataset (128 px images, 6 classes), with BN in the backbone and the FPN.
 
-    python tools/lazyconfig_train_net.py --config-file projects/demo/configs/fcos_R_18_FPN128_teacher.py
+    python tools/lazyconfig_train_net.py \
+        --config-file projects/demo/configs/fcos_R_18_FPN128_teacher.py
 """
 
 import detectron2.data.transforms as T
