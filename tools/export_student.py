@@ -7,9 +7,9 @@
 Writes ``student.pth`` ({"model": student state dict}, no teacher, no adapters) and the student's
 own config next to it: ``student.yaml`` for a yacs config (MODEL.META_ARCHITECTURE set to the
 student's, every key that kd_det2 adds removed), ``student.py.yaml`` (a LazyConfig dump of
-``model.student``) for a LazyConfig. The checkpoint loads with ``DetectionCheckpointer`` into a vanilla detectron2 model
-built from that config, without importing kd_det2, except for FCOS students from a yacs config:
-vanilla detectron2 builds FCOS from LazyConfig only, so build
+``model.student``) for a LazyConfig. The checkpoint loads with ``DetectionCheckpointer`` into a
+vanilla detectron2 model built from that config, without importing kd_det2, except for FCOS
+students from a yacs config: vanilla detectron2 builds FCOS from LazyConfig only, so build
 ``detectron2.modeling.meta_arch.fcos.FCOS`` with the same settings (the parameter names are the
 same) or keep kd_det2 importable to read the yaml.
 """
