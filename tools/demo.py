@@ -84,7 +84,7 @@ def _sha1(cfg) -> str:
 
 
 def run(args) -> List[dict]:
-    common = ["SEED", str(args.seed)]
+    seed = ["SEED", str(args.seed)]  # the students' seed; the teacher keeps its config's
     rows = []
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -92,7 +92,7 @@ def run(args) -> List[dict]:
     if unknown:
         raise SystemExit(f"unknown --methods {unknown}; choose from {sorted(DISTILLED)}")
     steps = 2 + len(methods)
-    teacher_cfg = load_cfg(TEACHER, common + _iters(args.teacher_iters) + _out(args, "teacher"))
+    teacher_cfg = load_cfg(TEACHER, _iters(args.teacher_iters) + _out(args, "teacher"))
     record = None if args.force_teacher else cached_teacher(teacher_cfg)
     if record is None:
         logger.info(f"[1/{steps}] training the teacher ({backbone_name(teacher_cfg)})")
@@ -108,7 +108,7 @@ def run(args) -> List[dict]:
 
     runs = [("student", STUDENT)] + [(f"student_{m}", DISTILLED[m]) for m in methods]
     for step, (label, name) in enumerate(runs, 2):
-        opts = common + _iters(args.student_iters) + _out(args, label)
+        opts = seed + _iters(args.student_iters) + _out(args, label)
         cfg = load_cfg(name, opts)
         if cfg.MODEL.KD.DISTILLERS:
             cfg.MODEL.KD.TEACHER.WEIGHTS = teacher_weights
@@ -143,7 +143,7 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--teacher-iters", type=int, default=None, help="teacher MAX_ITER")
     parser.add_argument("--student-iters", type=int, default=None, help="student MAX_ITER")
-    parser.add_argument("--seed", type=int, default=0, help="seed of both student runs")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the student runs")
     parser.add_argument("--output", default=None, help="output root (default: configs' own)")
     parser.add_argument("--force-teacher", action="store_true", help="retrain the teacher")
     args = parser.parse_args(argv)
