@@ -19,6 +19,8 @@ processed in chunks only when N * G * R exceeds ``MAX_PAIRS`` (memory bound).
 Notation: N images, R locations (anchors) over all levels, G GTs per image (padded), K classes.
 """
 
+import importlib.util
+import os
 from typing import List, Sequence, Tuple
 
 import torch
@@ -26,10 +28,12 @@ from detectron2.structures import Instances
 from torch import Tensor
 
 __all__ = [
+    "BACKEND_ENV",
     "COV_EPS",
     "MAX_PAIRS",
     "key_region_weights",
     "quality_key",
+    "resolve_backend",
     "pad_gt",
     "points_inside_boxes",
     "reference_key_region_weights",
@@ -47,6 +51,12 @@ DET_EPS = 1e-10
 UNION_EPS = 1e-6
 #: largest N * G * R handled in one vectorised pass (about 0.5 GB of temporaries on CPU).
 MAX_PAIRS = 1 << 25
+#: environment variable that overrides ``backend="auto"``: "auto", "torch" or "triton".
+BACKEND_ENV = "KD_DET2_KEY_REGIONS_BACKEND"
+BACKENDS = ("auto", "torch", "triton")
+#: largest topk of the Triton kernel (its running top-k lives in registers); "auto" falls back to
+#: the PyTorch implementation above it.
+TRITON_MAX_TOPK = 256
 
 
 def pad_gt(instances: List[Instances]) -> Tuple[Tensor, Tensor, Tensor]:
@@ -187,6 +197,27 @@ def _gaussian_weights(centres: Tensor, valid: Tensor) -> Tensor:
     return torch.exp(-0.5 * maha) * valid
 
 
+def resolve_backend(backend: str, device: torch.device, topk: int = 30) -> str:
+    """The implementation :func:`key_region_weights` runs: "torch" or "triton".
+
+    "auto" is replaced by the environment variable ``KD_DET2_KEY_REGIONS_BACKEND`` when set,
+    then means "triton" for CUDA tensors when triton imports (and topk is within the kernel's
+    limit), "torch" otherwise. A forced "triton" on tensors it cannot run on raises in the
+    kernel's launcher.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"key_region_weights: unknown backend '{backend}' (use {BACKENDS})")
+    if backend == "auto":
+        backend = os.environ.get(BACKEND_ENV, "").strip().lower() or "auto"
+        if backend not in BACKENDS:
+            raise ValueError(f"{BACKEND_ENV}='{backend}' is not one of {BACKENDS}")
+    if backend == "auto":
+        on_gpu = torch.device(device).type == "cuda" and 1 <= topk <= TRITON_MAX_TOPK
+        use = on_gpu and importlib.util.find_spec("triton") is not None
+        backend = "triton" if use else "torch"
+    return backend
+
+
 def key_region_weights(
     scores: Tensor,
     pred_boxes: Tensor,
@@ -219,14 +250,21 @@ def key_region_weights(
             Gaussian fitted on those K, the in-box mask applied afterwards (so fewer than K may
             survive). True (paper's Eq. 1): only in-box locations can be candidates; the Gaussian
             is fitted on the in-box candidates (fewer than K when the box holds fewer centres).
-        backend: "auto" or "torch" (both run the PyTorch implementation).
+        backend: "torch" (this PyTorch implementation), "triton" (the fused kernel of
+            :mod:`~kd_det2.ops.key_regions_triton`; CUDA tensors, or CPU under
+            ``TRITON_INTERPRET=1``) or "auto" (see :func:`resolve_backend`).
 
     Returns:
         weights (len(alphas), N, R) in [0, 1], 0 outside every valid GT box;
         background (N, R) in {0, 1}: 1 where the centre lies inside no valid GT box.
     """
-    if backend not in ("auto", "torch"):
-        raise ValueError(f"key_region_weights: unknown backend '{backend}' (use auto or torch)")
+    backend = resolve_backend(backend, scores.device, topk)
+    if backend == "triton":
+        from .key_regions_triton import key_region_weights_triton
+
+        args = (gt_boxes, gt_classes, gt_valid, alphas, topk, mask_before_topk)
+        with torch.no_grad():
+            return key_region_weights_triton(scores, pred_boxes, points, *args)
     if topk < 1:
         raise ValueError(f"key_region_weights: topk must be >= 1, got {topk}")
     n, r, num_classes = scores.shape

@@ -30,7 +30,7 @@ _EPS = 1e-10
 #: MODEL.KD.PGD keys passed to ``PGD.__init__`` as the lower-case keyword of the same name.
 _SCALAR_KEYS = (
     "XI_CLS XI_REG TOPK TEMPERATURE ALPHA BETA GAMMA DELTA TOWER_BLOCK MASK_BEFORE_TOPK "
-    "OFFICIAL_BATCH_MASK_MIXING OFFICIAL_XY_SWAP ADAPT"
+    "OFFICIAL_BATCH_MASK_MIXING OFFICIAL_XY_SWAP ADAPT BACKEND"
 ).split()
 
 
@@ -70,6 +70,10 @@ def add_pgd_config(cfg: CN) -> None:
     _C.OFFICIAL_XY_SWAP = False
     # 1x1 adapters from the student's to the teacher's tower width when they differ.
     _C.ADAPT = True
+    # Key-region implementation: "torch", "triton" (the fused kernel; CUDA) or "auto" (Triton on
+    # CUDA, PyTorch otherwise; KD_DET2_KEY_REGIONS_BACKEND overrides "auto"). "torch" by default
+    # until the kernel, exact against PyTorch under TRITON_INTERPRET=1, is validated on a GPU.
+    _C.BACKEND = "torch"
 
 
 def _attention(feat: Tensor, temperature: float) -> Tuple[Tensor, Tensor]:
@@ -234,6 +238,7 @@ class PGD(Distiller):
         official_batch_mask_mixing: bool = False,
         official_xy_swap: bool = False,
         adapt: bool = True,
+        backend: str = "torch",
     ):
         """
         Args:
@@ -253,6 +258,7 @@ class PGD(Distiller):
         self.temperature = float(temperature)
         self.tower_block = int(tower_block)
         self.mask_before_topk = bool(mask_before_topk)
+        self.backend = str(backend)
         self.batch_mask_mixing = bool(official_batch_mask_mixing)
         self._cls_kw = dict(
             temperature=self.temperature,
@@ -355,7 +361,7 @@ class PGD(Distiller):
                 points = points.flip(1)
             gt = pad_gt(gt_instances)
             weights, background = key_region_weights(
-                scores, boxes, points, *gt, self.xis, self.topk, self.mask_before_topk
+                scores, boxes, points, *gt, self.xis, self.topk, self.mask_before_topk, self.backend
             )
         if a > 1:  # (h, w, a) order: A is the fastest axis of R within every level
             weights = weights.view(2, n, -1, a).amax(dim=-1)
