@@ -80,6 +80,11 @@ def cached_teacher(cfg) -> Optional[dict]:
 
 
 def _sha1(cfg) -> str:
+    """Key of a teacher config: its dump without ``MODEL.KD`` (distillation settings, unused by
+    a plain teacher), so that new distiller keys do not invalidate the cached teacher."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.pop("KD", None)
     return hashlib.sha1(cfg.dump().encode()).hexdigest()
 
 
