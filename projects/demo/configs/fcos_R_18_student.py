@@ -20,5 +20,5 @@ _student.head.conv_dims = [64, 64]
 model = L(KDDenseDetector)(student=_student, teacher=None, distillers={}, warmup_iters=0)
 
 train.output_dir = "output/demo/student_fcos_R_18"
-train.max_iter = 220
-lr_multiplier = _schedule(220)
+train.max_iter = 200
+lr_multiplier = _schedule(200)
