@@ -1,5 +1,6 @@
 """Shared builders of tiny configs, models and batches for the tests (CPU, seconds each)."""
 
+import contextlib
 import os
 
 import pytest
@@ -109,6 +110,26 @@ def make_batch(n=2, size=64, num_classes=3, boxes_per_image=(2, 0), seed=0):
         inst.gt_classes = torch.randint(0, num_classes, (k,), generator=g)
         batch.append({"image": img, "instances": inst, "height": size, "width": size})
     return batch
+
+
+@contextlib.contextmanager
+def catalog_without(names):
+    """Remove dataset registrations ``names`` for the duration; restore them afterwards."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    saved = {
+        n: (DatasetCatalog.data.pop(n, None), MetadataCatalog.data.pop(n, None)) for n in names
+    }
+    try:
+        yield
+    finally:
+        for n, (func, meta) in saved.items():
+            DatasetCatalog.data.pop(n, None)
+            MetadataCatalog.data.pop(n, None)
+            if func is not None:
+                DatasetCatalog.data[n] = func
+            if meta is not None:
+                MetadataCatalog.data[n] = meta
 
 
 @pytest.fixture

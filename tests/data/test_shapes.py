@@ -6,6 +6,7 @@ from collections import Counter
 from typing import Iterator
 
 import pytest
+from conftest import catalog_without
 
 from kd_det2.data import shapes
 from kd_det2.data.shapes import KD_SHAPES_CLASSES, generate_kd_shapes
@@ -127,27 +128,12 @@ def test_empty_images_fraction() -> None:
 @pytest.fixture
 def tmp_registration(tmp_path, monkeypatch) -> Iterator[str]:
     """Temporarily replace the kd_shapes registrations with ones rooted in tmp_path."""
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
-    names = list(shapes._SPLITS)
-    saved = {n: (DatasetCatalog.data.get(n), MetadataCatalog.data.get(n)) for n in names}
     saved_registered = dict(shapes._REGISTERED)
-    for n in names:
-        if n in DatasetCatalog.data:
-            DatasetCatalog.remove(n)
-        if n in MetadataCatalog.data:
-            MetadataCatalog.remove(n)
     monkeypatch.setenv("KD_DET2_DATASETS", str(tmp_path))
     try:
-        yield str(tmp_path)
+        with catalog_without(list(shapes._SPLITS)):
+            yield str(tmp_path)
     finally:
-        for n, (func, meta) in saved.items():
-            DatasetCatalog.data.pop(n, None)
-            MetadataCatalog.data.pop(n, None)
-            if func is not None:
-                DatasetCatalog.data[n] = func
-            if meta is not None:
-                MetadataCatalog.data[n] = meta
         shapes._REGISTERED.clear()
         shapes._REGISTERED.update(saved_registered)
 

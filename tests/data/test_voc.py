@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Iterator, List, Tuple
 
 import pytest
+from conftest import catalog_without
 
 from kd_det2.data import voc
 from kd_det2.data.voc import BCCD_CLASSES, find_bccd_root, load_voc_dicts, register_bccd
@@ -80,22 +81,8 @@ def test_box_fully_outside_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureF
 @pytest.fixture
 def clean_bccd_names() -> Iterator[None]:
     """Temporarily remove the bccd_* registrations (restored afterwards)."""
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
-    names = [f"bccd_{s}" for s in voc.BCCD_SPLITS]
-    saved = {}
-    for n in names:
-        saved[n] = (DatasetCatalog.data.pop(n, None), MetadataCatalog.data.pop(n, None))
-    try:
+    with catalog_without([f"bccd_{s}" for s in voc.BCCD_SPLITS]):
         yield
-    finally:
-        for n, (func, meta) in saved.items():
-            DatasetCatalog.data.pop(n, None)
-            MetadataCatalog.data.pop(n, None)
-            if func is not None:
-                DatasetCatalog.data[n] = func
-            if meta is not None:
-                MetadataCatalog.data[n] = meta
 
 
 def test_register_tmp_root(tiny_voc: str, clean_bccd_names: None) -> None:

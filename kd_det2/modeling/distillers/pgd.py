@@ -428,6 +428,12 @@ def _put_stats(w_cls: List[Tensor], w_reg: List[Tensor], bg: List[Tensor]) -> No
     except AssertionError:  # no EventStorage outside a trainer
         return
     n = w_cls[0].shape[0]
-    storage.put_scalar("pgd/num_fg_cls", sum(int((w > 0).sum()) for w in w_cls) / n)
-    storage.put_scalar("pgd/num_fg_reg", sum(int((w > 0).sum()) for w in w_reg) / n)
-    storage.put_scalar("pgd/num_bg", sum(int(b.sum()) for b in bg) / n)
+    counts = torch.stack(
+        [
+            sum((w > 0).sum() for w in w_cls),
+            sum((w > 0).sum() for w in w_reg),
+            sum(b.sum() for b in bg).long(),
+        ]
+    ).tolist()  # one device-to-host copy per step instead of one per level and map
+    for name, count in zip(("num_fg_cls", "num_fg_reg", "num_bg"), counts):
+        storage.put_scalar(f"pgd/{name}", count / n)
