@@ -14,11 +14,13 @@ torch.set_num_threads(2)
 
 _BACKBONES = {
     "FCOS": "build_fcos_resnet_fpn_backbone",
+    "GFL": "build_fcos_resnet_fpn_backbone",
     "RetinaNet": "build_retinanet_resnet_fpn_backbone",
     "GeneralizedRCNN": "build_resnet_fpn_backbone",
 }
 WRAPPERS = {
     "FCOS": "KDDenseDetector",
+    "GFL": "KDDenseDetector",
     "RetinaNet": "KDDenseDetector",
     "GeneralizedRCNN": "KDGeneralizedRCNN",
 }
@@ -45,6 +47,9 @@ def tiny_cfg(arch="FCOS", depth=18, fpn=32, num_classes=3):
     cfg.MODEL.FCOS.NUM_CLASSES = num_classes
     cfg.MODEL.FCOS.NUM_CONVS = 1
     cfg.MODEL.FCOS.NORM = "GN" if fpn >= 64 else ""  # GN(32) needs > 1 value per group on P7
+    cfg.MODEL.GFL.NUM_CLASSES = num_classes
+    cfg.MODEL.GFL.NUM_CONVS = 1
+    cfg.MODEL.GFL.NORM = cfg.MODEL.FCOS.NORM
     cfg.MODEL.RETINANET.NUM_CLASSES = num_classes
     cfg.MODEL.RETINANET.NUM_CONVS = 1
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes

@@ -1,6 +1,6 @@
 """Config keys that kd_det2 adds to a detectron2 yacs config.
 
-Every key of ``MODEL.KD`` and ``MODEL.FCOS`` is documented here, next to its default.
+Every key of ``MODEL.KD``, ``MODEL.FCOS`` and ``MODEL.GFL`` is documented here, next to its default.
 Method-specific distillers add their own sub-node under ``MODEL.KD`` in their own file through
 :func:`register_kd_config_hook`, so that this file stays the single entry point.
 """
@@ -44,12 +44,49 @@ def add_fcos_config(cfg: CN) -> None:
     cfg.MODEL.FCOS.NMS_THRESH_TEST = 0.6
 
 
+def add_gfl_config(cfg: CN) -> None:
+    """Add ``MODEL.GFL`` (the GFL detector of :mod:`kd_det2.modeling.detectors.gfl`)."""
+    if "GFL" in cfg.MODEL:
+        return
+    cfg.MODEL.GFL = CN()
+    # Number of foreground classes.
+    cfg.MODEL.GFL.NUM_CLASSES = 80
+    # Backbone features used by the head, from high to low resolution.
+    cfg.MODEL.GFL.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    # Number of 3x3 convs in each of the classification and regression towers.
+    cfg.MODEL.GFL.NUM_CONVS = 4
+    # Normalisation of the tower convs: "GN" (paper), "BN", "SyncBN" (per-level BN) or "".
+    cfg.MODEL.GFL.NORM = "GN"
+    # Prior probability of a positive at initialisation (bias of the classification conv).
+    cfg.MODEL.GFL.PRIOR_PROB = 0.01
+    # n: each box edge is a distribution over the bins 0..n (in strides).
+    cfg.MODEL.GFL.REG_MAX = 16
+    # One square anchor per location of side ANCHOR_SCALE x stride (octave base scale), used by
+    # the ATSS assigner; its centre is the regression origin.
+    cfg.MODEL.GFL.ANCHOR_SCALE = 8.0
+    # Anchor centre offset within a cell, in strides (0.0: cell corner, as mmdetection v2).
+    cfg.MODEL.GFL.ANCHOR_OFFSET = 0.0
+    # ATSS: candidates per level and GT.
+    cfg.MODEL.GFL.ATSS_TOPK = 9
+    # Quality Focal Loss exponent beta.
+    cfg.MODEL.GFL.QFL_BETA = 2.0
+    # Loss weights of "loss_qfl", "loss_dfl", "loss_giou".
+    cfg.MODEL.GFL.LOSS_WEIGHT_QFL = 1.0
+    cfg.MODEL.GFL.LOSS_WEIGHT_DFL = 0.25
+    cfg.MODEL.GFL.LOSS_WEIGHT_GIOU = 2.0
+    # Inference: minimum score, candidates per level, NMS IoU threshold.
+    cfg.MODEL.GFL.SCORE_THRESH_TEST = 0.05
+    cfg.MODEL.GFL.TOPK_CANDIDATES_TEST = 1000
+    cfg.MODEL.GFL.NMS_THRESH_TEST = 0.6
+
+
 def add_kd_config(cfg: CN) -> None:
-    """Add ``MODEL.KD.*`` (and ``MODEL.FCOS.*``) defaults to ``cfg`` in place.
+    """Add ``MODEL.KD.*`` (and ``MODEL.FCOS.*``, ``MODEL.GFL.*``) defaults to ``cfg`` in place.
 
     Idempotent: calling it twice leaves the config unchanged.
     """
     add_fcos_config(cfg)
+    add_gfl_config(cfg)
     if "KD" in cfg.MODEL:
         return
     _C = cfg

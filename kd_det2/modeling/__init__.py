@@ -1,6 +1,6 @@
 """Models: detectors, KD meta-architectures, distillers."""
 
-from . import detectors  # noqa: F401  (registers FCOS and its backbone)
+from . import detectors  # noqa: F401  (registers FCOS, GFL and the FCOS backbone)
 from .distillers import KD_DISTILLER_REGISTRY, Distiller, build_distillers, registered_distillers
 from .meta_arch import KDDenseDetector, KDGeneralizedRCNN, KDMetaArchBase
 from .outputs import DetectorOutputs, ModelSpec

@@ -35,6 +35,8 @@ class DetectorOutputs:
             ``tower_blocks["cls"][-1]`` is ``towers["cls"]``.
         predictions: dense heads: ``{"cls_logits": [(N, A*K, Hi, Wi)], "box_deltas":
             [(N, A*4, Hi, Wi)]}`` plus detector extras (FCOS: ``"ctrness"`` (N, 1, Hi, Wi)).
+            GFL: ``"box_deltas"`` are the box-edge distribution logits, (N, 4*(n+1), Hi, Wi),
+            decoded by the model's ``DistributionBox2BoxTransform``.
         anchors: dense heads and RPN: one :class:`Boxes` of (Hi*Wi*A, 4) per level.
         rpn: two-stage: ``{"objectness_logits": [(N, A, Hi, Wi)], "anchor_deltas":
             [(N, A*4, Hi, Wi)]}``.

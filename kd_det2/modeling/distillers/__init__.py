@@ -8,12 +8,14 @@ from .base import (
     registered_distillers,
 )
 from .baselines import FitNet, LogitKD
+from .ld import LD
 from .pgd import PGD
 
 __all__ = [
     "KD_DISTILLER_REGISTRY",
     "Distiller",
     "FitNet",
+    "LD",
     "LogitKD",
     "PGD",
     "build_distillers",

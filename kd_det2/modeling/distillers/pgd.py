@@ -330,7 +330,8 @@ class PGD(Distiller):
 
         Args:
             teacher: needs ``predictions["cls_logits"]`` [(N, A*K, Hi, Wi)],
-                ``predictions["box_deltas"]`` [(N, A*4, Hi, Wi)] and ``anchors`` [Boxes
+                ``predictions["box_deltas"]`` [(N, A*D, Hi, Wi)] (D = 4, or 4(n+1) edge-distribution
+                logits for GFL, decoded by the teacher's transform) and ``anchors`` [Boxes
                 (Hi*Wi*A, 4)].
             gt_instances: N instances with ``gt_boxes`` and ``gt_classes``.
 
@@ -345,7 +346,8 @@ class PGD(Distiller):
         n = logits[0].shape[0]
         with torch.autocast(logits[0].device.type, enabled=False):
             scores = torch.cat([_to_n_hwa_k(x.float(), k) for x in logits], dim=1).sigmoid()
-            deltas = torch.cat([_to_n_hwa_k(x.float(), 4) for x in deltas], dim=1)  # (N, R, 4)
+            d = deltas[0].shape[1] // a  # 4, or 4 * (n + 1) for a distribution head (GFL)
+            deltas = torch.cat([_to_n_hwa_k(x.float(), d) for x in deltas], dim=1)  # (N, R, d)
             anchors = Boxes.cat(teacher.anchors).tensor.float()  # (R, 4)
             if anchors.shape[0] != scores.shape[1]:
                 raise ValueError(
@@ -354,7 +356,7 @@ class PGD(Distiller):
                 )
             r = anchors.shape[0]
             boxes = self.box2box_transform.apply_deltas(
-                deltas.reshape(-1, 4), anchors[None].expand(n, r, 4).reshape(-1, 4)
+                deltas.reshape(-1, d), anchors[None].expand(n, r, 4).reshape(-1, 4)
             ).view(n, r, 4)
             points = (anchors[:, :2] + anchors[:, 2:]) * 0.5  # (R, 2) centres (x, y)
             if self.xy_swap:
