@@ -261,7 +261,7 @@ def test_tower_block_out_of_range_and_missing_adapter_are_clear_errors():
         _pgd(s_c=3, t_c=4, adapt=False)
 
 
-@pytest.mark.parametrize("arch", ["FCOS", "RetinaNet"])
+@pytest.mark.parametrize("arch", ["FCOS", "RetinaNet", "GFL"])
 def test_end_to_end_forward_backward(tmp_path, arch):
     cfg = kd_cfg(tmp_path, arch, distillers=("PGD",))
     cfg.MODEL.KD.PGD.TOPK = 9
