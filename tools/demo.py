@@ -1,13 +1,16 @@
 #!/usr/bin/env python
 """The kd_det2 demo (``make demo``): teacher, plain student and distilled student on kd_shapes.
 
+For each detector family the ``--methods`` need (FCOS for pgd/fitnet, GFL for the ld* methods):
+
 1. trains the teacher (cached: skipped when its checkpoint and config are unchanged),
 2. trains the student on the same schedule and seed, plainly and with each distillation method
-   of ``--methods`` (default: PGD),
-3. evaluates the three with COCOEvaluator on ``kd_shapes_val`` and prints one table.
+   of ``--methods`` (default: pgd),
+3. evaluates them with COCOEvaluator on ``kd_shapes_val`` and prints one table.
 
-    python tools/demo.py [--methods pgd,fitnet] [--student-iters N] [--teacher-iters N]
-                         [--seed S] [--output DIR] [--force-teacher]
+    python tools/demo.py [--methods pgd,fitnet,ld,ld-main,ld-main-vlr,gfl-fitnet]
+                         [--student-iters N] [--teacher-iters N] [--seed S] [--output DIR]
+                         [--force-teacher]
 """
 import argparse
 import hashlib
@@ -30,10 +33,22 @@ logger = logging.getLogger("kd_det2.demo")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_DIR = os.path.join(REPO, "projects", "demo")
-TEACHER = "fcos_R_18_FPN128_teacher.yaml"
-STUDENT = "fcos_R_18_student.yaml"
-#: --methods name -> distilled-student config
-DISTILLED = {"pgd": "fcos_R_18_pgd.yaml", "fitnet": "fcos_R_18_fitnet.yaml"}
+#: detector family -> (teacher config, plain-student config)
+FAMILIES = {
+    "FCOS": ("fcos_R_18_FPN128_teacher.yaml", "fcos_R_18_student.yaml"),
+    "GFL": ("gfl_R_18_FPN128_teacher.yaml", "gfl_R_18_student.yaml"),
+}
+_NO_VLR = ["MODEL.KD.LD.LOSS_WEIGHT_VLR", "0.0"]
+_NO_KD = ["MODEL.KD.LD.LOSS_WEIGHT_KD", "0.0"]
+#: --methods name -> (family, distilled-student config, config overrides)
+DISTILLED = {
+    "pgd": ("FCOS", "fcos_R_18_pgd.yaml", []),
+    "fitnet": ("FCOS", "fcos_R_18_fitnet.yaml", []),
+    "ld": ("GFL", "gfl_R_18_ld.yaml", []),  # main KD + main LD + VLR LD (the paper's "Ours")
+    "ld-main": ("GFL", "gfl_R_18_ld.yaml", _NO_VLR + _NO_KD),
+    "ld-main-vlr": ("GFL", "gfl_R_18_ld.yaml", _NO_KD),
+    "gfl-fitnet": ("GFL", "gfl_R_18_fitnet.yaml", []),
+}
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
@@ -89,39 +104,52 @@ def _sha1(cfg) -> str:
 
 
 def run(args) -> List[dict]:
-    seed = ["SEED", str(args.seed)]  # the students' seed; the teacher keeps its config's
-    rows = []
-
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in DISTILLED]
     if unknown:
         raise SystemExit(f"unknown --methods {unknown}; choose from {sorted(DISTILLED)}")
-    steps = 2 + len(methods)
-    teacher_cfg = load_cfg(TEACHER, _iters(args.teacher_iters) + _out(args, "teacher"))
-    record = None if args.force_teacher else cached_teacher(teacher_cfg)
+    families = [f for f in FAMILIES if any(DISTILLED[m][0] == f for m in methods)]
+    steps = sum(2 for _ in families) + len(methods)
+    rows, step = [], 0
+    for family in families:
+        teacher_name, student_name = FAMILIES[family]
+        step += 1
+        teacher_cfg, record = _teacher(args, teacher_name, family, f"[{step}/{steps}]")
+        rows.append(_row("teacher", teacher_cfg, record["metrics"], record["train_time"]))
+        teacher_weights = os.path.join(teacher_cfg.OUTPUT_DIR, "model_final.pth")
+        runs = [("student", student_name, [], "student")]
+        runs += [(m, DISTILLED[m][1], DISTILLED[m][2], f"student_{m}") for m in methods]
+        for method, name, extra, out in runs:
+            if method != "student" and DISTILLED[method][0] != family:
+                continue
+            step += 1
+            seed = ["SEED", str(args.seed)]  # the students' seed; the teacher keeps its config's
+            cfg = load_cfg(name, seed + extra + _iters(args.student_iters) + _out(args, out))
+            label = "student"
+            if cfg.MODEL.KD.DISTILLERS:
+                cfg.MODEL.KD.TEACHER.WEIGHTS = teacher_weights
+                label = f"student + {method}"
+            logger.info(f"[{step}/{steps}] training {family} {label} ({backbone_name(cfg)})")
+            metrics, seconds = train_and_evaluate(cfg)
+            rows.append(_row(label, cfg, metrics, seconds))
+    return rows
+
+
+def _teacher(args, name: str, family: str, step: str):
+    """The teacher's config and record (metrics, train time), trained unless cached."""
+    out = "teacher" if family == "FCOS" else f"teacher_{family.lower()}"
+    cfg = load_cfg(name, _iters(args.teacher_iters) + _out(args, out))
+    record = None if args.force_teacher else cached_teacher(cfg)
     if record is None:
-        logger.info(f"[1/{steps}] training the teacher ({backbone_name(teacher_cfg)})")
-        key = _sha1(teacher_cfg)
-        metrics, seconds = train_and_evaluate(teacher_cfg.clone())
+        logger.info(f"{step} training the {family} teacher ({backbone_name(cfg)})")
+        key = _sha1(cfg)
+        metrics, seconds = train_and_evaluate(cfg.clone())
         record = {"config_sha1": key, "metrics": metrics, "train_time": seconds}
-        with open(os.path.join(teacher_cfg.OUTPUT_DIR, "demo_teacher.json"), "w") as f:
+        with open(os.path.join(cfg.OUTPUT_DIR, "demo_teacher.json"), "w") as f:
             json.dump(record, f)
     else:
-        logger.info(f"[1/{steps}] teacher checkpoint and config unchanged: using the cached one")
-    rows.append(_row("teacher", teacher_cfg, record["metrics"], record["train_time"]))
-    teacher_weights = os.path.join(teacher_cfg.OUTPUT_DIR, "model_final.pth")
-
-    runs = [("student", STUDENT)] + [(f"student_{m}", DISTILLED[m]) for m in methods]
-    for step, (label, name) in enumerate(runs, 2):
-        opts = seed + _iters(args.student_iters) + _out(args, label)
-        cfg = load_cfg(name, opts)
-        if cfg.MODEL.KD.DISTILLERS:
-            cfg.MODEL.KD.TEACHER.WEIGHTS = teacher_weights
-            label = f"student + {'+'.join(cfg.MODEL.KD.DISTILLERS)}"
-        logger.info(f"[{step}/{steps}] training {label} ({backbone_name(cfg)})")
-        metrics, seconds = train_and_evaluate(cfg)
-        rows.append(_row(label, cfg, metrics, seconds))
-    return rows
+        logger.info(f"{step} {family} teacher checkpoint and config unchanged: using the cached one")
+    return cfg, record
 
 
 def _iters(n: Optional[int]) -> List[str]:
@@ -135,7 +163,10 @@ def _out(args, name: str) -> List[str]:
 
 
 def _row(label: str, cfg, metrics: Dict[str, float], seconds: float) -> dict:
-    row = {"model": label, "backbone": backbone_name(cfg)}
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if arch.startswith("KD"):
+        arch = cfg.MODEL.KD.STUDENT_META_ARCHITECTURE
+    row = {"detector": arch, "model": label, "backbone": backbone_name(cfg)}
     row.update({k: round(metrics[k], 2) for k in METRICS})
     row["train time"] = f"{seconds:.0f} s ({cfg.SOLVER.MAX_ITER} it)"
     return row
@@ -160,7 +191,7 @@ def main(argv=None) -> None:
     rows = run(args)
     table = tabulate(rows, headers="keys", tablefmt="pipe", floatfmt=".2f")
     total = time.perf_counter() - start
-    print("\nkd_det2 demo: FCOS on kd_shapes_val (COCO bbox metrics, %)\n", flush=True)
+    print("\nkd_det2 demo on kd_shapes_val (COCO bbox metrics, %)\n", flush=True)
     print(table)
     print(f"\ntotal wall time {total:.0f} s", flush=True)
     out_dir = args.output or os.path.join("output", "demo")

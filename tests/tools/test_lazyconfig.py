@@ -36,6 +36,13 @@ EXPECTED = {
     "projects/PGD/configs/fcos_r50.py": ("KDDenseDetector", "FCOS", ["PGD"]),
     "projects/PGD/configs/retinanet_r50.py": ("KDDenseDetector", "RetinaNet", ["PGD"]),
     "projects/demo/configs/fcos_R_18_pgd.py": ("KDDenseDetector", "FCOS", ["PGD"]),
+    "projects/demo/configs/gfl_R_18_FPN128_teacher.py": ("GFL", None, None),
+    "projects/demo/configs/gfl_R_18_student.py": ("KDDenseDetector", "GFL", []),
+    "projects/demo/configs/gfl_R_18_ld.py": ("KDDenseDetector", "GFL", ["LD"]),
+    "projects/demo/configs/gfl_R_18_fitnet.py": ("KDDenseDetector", "GFL", ["FitNet"]),
+    "projects/LD/configs/gfl_r50.py": ("KDDenseDetector", "GFL", ["LD"]),
+    "projects/LD/configs/gfl_r34.py": ("KDDenseDetector", "GFL", ["LD"]),
+    "projects/LD/configs/gfl_r18.py": ("KDDenseDetector", "GFL", ["LD"]),
 }
 TOOL = os.path.join("tools", "lazyconfig_train_net.py")
 FITNET = "projects/demo/configs/fcos_R_18_fitnet.py"

@@ -170,6 +170,15 @@ class LD(Distiller):
         self.vlr_exclude_positives = bool(vlr_exclude_positives)
         self.norm = norm
 
+    def extra_repr(self) -> str:
+        w = self.weights
+        return (
+            f"main={w['main']}, vlr={w['vlr']}, kd={w['cls']}, tau={self.temperature}, "
+            f"kd_tau={self.kd_temperature}, vlr_low={self.vlr_low}, "
+            f"vlr_exclude_positives={self.vlr_exclude_positives}, norm={self.norm}, "
+            f"atss_topk={self.atss_topk}"
+        )
+
     @classmethod
     def from_config(cls, cfg, student: ModelSpec, teacher: ModelSpec):
         reg_max = {}
