@@ -10,7 +10,7 @@ For each detector family the ``--methods`` need (FCOS for pgd/fitnet, GFL for th
 
     python tools/demo.py [--methods pgd,fitnet,ld,ld-main,ld-main-vlr,gfl-fitnet]
                          [--student-iters N] [--teacher-iters N] [--seed S] [--output DIR]
-                         [--force-teacher]
+                         [--force-teacher] [KEY VALUE ...]
 """
 import argparse
 import hashlib
@@ -124,7 +124,8 @@ def run(args) -> List[dict]:
                 continue
             step += 1
             seed = ["SEED", str(args.seed)]  # the students' seed; the teacher keeps its config's
-            cfg = load_cfg(name, seed + extra + _iters(args.student_iters) + _out(args, out))
+            opts = args.opts + seed + extra + _iters(args.student_iters) + _out(args, out)
+            cfg = load_cfg(name, opts)
             label = "student"
             if cfg.MODEL.KD.DISTILLERS:
                 cfg.MODEL.KD.TEACHER.WEIGHTS = teacher_weights
@@ -138,7 +139,7 @@ def run(args) -> List[dict]:
 def _teacher(args, name: str, family: str, step: str):
     """The teacher's config and record (metrics, train time), trained unless cached."""
     out = "teacher" if family == "FCOS" else f"teacher_{family.lower()}"
-    cfg = load_cfg(name, _iters(args.teacher_iters) + _out(args, out))
+    cfg = load_cfg(name, args.opts + _iters(args.teacher_iters) + _out(args, out))
     record = None if args.force_teacher else cached_teacher(cfg)
     if record is None:
         logger.info(f"{step} training the {family} teacher ({backbone_name(cfg)})")
@@ -148,7 +149,9 @@ def _teacher(args, name: str, family: str, step: str):
         with open(os.path.join(cfg.OUTPUT_DIR, "demo_teacher.json"), "w") as f:
             json.dump(record, f)
     else:
-        logger.info(f"{step} {family} teacher checkpoint and config unchanged: using the cached one")
+        logger.info(
+            f"{step} {family} teacher checkpoint and config unchanged: using the cached one"
+        )
     return cfg, record
 
 
@@ -182,6 +185,9 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the student runs")
     parser.add_argument("--output", default=None, help="output root (default: configs' own)")
     parser.add_argument("--force-teacher", action="store_true", help="retrain the teacher")
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides applied to every run"
+    )
     args = parser.parse_args(argv)
 
     setup_logger(name="detectron2", abbrev_name="d2")

@@ -72,9 +72,7 @@ def test_qfl_hand_computed():
     b01, s01 = bce(-1.0, 0.6)
     b10, s10 = bce(2.0, 0.0)
     b11, s11 = bce(0.0, 0.0)
-    expected = torch.tensor(
-        [b00 * s00**2 + b01 * abs(0.6 - s01) ** 2, b10 * s10**2 + b11 * s11**2]
-    )
+    expected = torch.tensor([b00 * s00**2 + b01 * abs(0.6 - s01) ** 2, b10 * s10**2 + b11 * s11**2])
     assert torch.allclose(quality_focal_loss(logits, labels, quality, beta=2.0), expected)
 
 

@@ -40,10 +40,13 @@ def test_ld_at_tau_1_is_the_kl_mean_over_17_bins_by_hand():
     s, t = _logits(p=1), _logits(p=1, seed=3)
     ps = torch.softmax(s.view(4, N_BINS), 1)
     pt = torch.softmax(t.view(4, N_BINS), 1)
-    kl = [sum(pt[e, k] * (math.log(pt[e, k]) - math.log(ps[e, k])) for k in range(17)) / 17
-          for e in range(4)]
-    assert torch.allclose(ld_edge_loss(s, t, 1.0)[0], torch.tensor(kl, dtype=torch.float32),
-                          rtol=1e-4)
+    kl = [
+        sum(pt[e, k] * (math.log(pt[e, k]) - math.log(ps[e, k])) for k in range(17)) / 17
+        for e in range(4)
+    ]
+    assert torch.allclose(
+        ld_edge_loss(s, t, 1.0)[0], torch.tensor(kl, dtype=torch.float32), rtol=1e-4
+    )
 
 
 def test_ld_tau_squared_scaling_and_large_tau_limit():
@@ -59,8 +62,9 @@ def test_ld_tau_squared_scaling_and_large_tau_limit():
 
 def test_ld_grows_with_the_kl():
     s = _logits()
-    losses = [ld_edge_loss(s, s + _logits(seed=1, scale=a), 1.0).sum().item()
-              for a in (0.1, 0.5, 2.0)]
+    losses = [
+        ld_edge_loss(s, s + _logits(seed=1, scale=a), 1.0).sum().item() for a in (0.1, 0.5, 2.0)
+    ]
     assert losses[0] < losses[1] < losses[2]
 
 
@@ -70,7 +74,7 @@ def test_kd_cls_zero_when_equal_and_invariant_to_a_per_location_shift():
     t = torch.randn(6, 5)
     base = kd_cls_loss(z, t, 2.0)
     assert torch.allclose(kd_cls_loss(z + torch.randn(6, 1), t, 2.0), base, atol=1e-5)
-    by_hand = (torch.softmax(t / 2, 1) * (torch.log_softmax(t / 2, 1) - torch.log_softmax(z / 2, 1)))
+    by_hand = torch.softmax(t / 2, 1) * (torch.log_softmax(t / 2, 1) - torch.log_softmax(z / 2, 1))
     assert torch.allclose(base, by_hand.mean(1) * 4, rtol=1e-4)
 
 

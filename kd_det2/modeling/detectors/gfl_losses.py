@@ -112,6 +112,7 @@ def distribution_focal_loss(logits: Tensor, target: Tensor) -> Tensor:
     w_left = right.float() - target
     w_right = target - left.float()
     logits = logits.float()
-    return F.cross_entropy(logits, left, reduction="none") * w_left + F.cross_entropy(
-        logits, right, reduction="none"
-    ) * w_right
+    return (
+        F.cross_entropy(logits, left, reduction="none") * w_left
+        + F.cross_entropy(logits, right, reduction="none") * w_right
+    )

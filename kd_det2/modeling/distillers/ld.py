@@ -69,7 +69,9 @@ def ld_edge_loss(student: Tensor, teacher: Tensor, temperature: float) -> Tensor
     p, d = student.shape
     s = student.float().reshape(p * 4, d // 4) / temperature
     t = teacher.detach().float().reshape(p * 4, d // 4) / temperature
-    kl = F.kl_div(F.log_softmax(s, dim=1), F.log_softmax(t, dim=1), log_target=True, reduction="none")
+    kl = F.kl_div(
+        F.log_softmax(s, dim=1), F.log_softmax(t, dim=1), log_target=True, reduction="none"
+    )
     return kl.mean(dim=1).view(p, 4) * temperature**2
 
 
@@ -225,9 +227,7 @@ class LD(Distiller):
         }
 
     @torch.no_grad()
-    def regions(
-        self, anchors: List[Boxes], gt_instances: List[Instances]
-    ) -> Tuple[Tensor, Tensor]:
+    def regions(self, anchors: List[Boxes], gt_instances: List[Instances]) -> Tuple[Tensor, Tensor]:
         """Main region and VLR of every image.
 
         Args:
@@ -247,9 +247,7 @@ class LD(Distiller):
             if self.weights["vlr"] and len(gt):
                 dious = pairwise_diou(all_anchors, gt)
                 exclude = pos if self.vlr_exclude_positives else None
-                vlr.append(
-                    vlr_weights(match.ious, dious, match.thresholds, self.vlr_low, exclude)
-                )
+                vlr.append(vlr_weights(match.ious, dious, match.thresholds, self.vlr_low, exclude))
             else:
                 vlr.append(all_anchors.new_zeros(all_anchors.shape[0]))
         return torch.stack(positives), torch.stack(vlr)

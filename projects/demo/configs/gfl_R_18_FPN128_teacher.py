@@ -10,9 +10,9 @@ solver and schedule of the FCOS demo teacher (360 iterations).
 from detectron2.layers import ShapeSpec
 
 from ...LD.configs.common.gfl import model
-from .fcos_R_18_FPN128_teacher import _schedule, dataloader, lr_multiplier, optimizer  # noqa: F401
+from .fcos_R_18_FPN128_teacher import _schedule, dataloader, lr_multiplier  # noqa: F401
 from .fcos_R_18_FPN128_teacher import model as _fcos
-from .fcos_R_18_FPN128_teacher import train
+from .fcos_R_18_FPN128_teacher import optimizer, train  # noqa: F401
 
 model.backbone = _fcos.backbone  # R18, BN, 128-channel FPN, P6/P7 from P5
 model.head.input_shape = [ShapeSpec(channels=128)] * 5

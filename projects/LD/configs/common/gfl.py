@@ -29,7 +29,9 @@ model = L(GFL)(
     anchor_generator=L(build_gfl_anchor_generator)(
         strides=[8, 16, 32, 64, 128], anchor_scale=8.0, offset=0.0
     ),
-    box2box_transform=L(DistributionBox2BoxTransform)(reg_max="${..head.reg_max}", anchor_scale=8.0),
+    box2box_transform=L(DistributionBox2BoxTransform)(
+        reg_max="${..head.reg_max}", anchor_scale=8.0
+    ),
     num_classes=80,
     atss_topk=9,
     qfl_beta=2.0,
