@@ -11,7 +11,8 @@ student's, every key that kd_det2 adds removed), ``student.py.yaml`` (a LazyConf
 vanilla detectron2 model built from that config, without importing kd_det2, except for FCOS
 students from a yacs config: vanilla detectron2 builds FCOS from LazyConfig only, so build
 ``detectron2.modeling.meta_arch.fcos.FCOS`` with the same settings (the parameter names are the
-same) or keep kd_det2 importable to read the yaml.
+same) or keep kd_det2 importable to read the yaml; and for GFL students, which detectron2 does
+not have (``import kd_det2`` registers GFL; ``MODEL.GFL`` is kept in ``student.yaml``).
 """
 import argparse
 import logging
@@ -56,7 +57,7 @@ def export_yacs_config(config_file: str, opts, path: str) -> str:
         arch = cfg.MODEL.KD.STUDENT_META_ARCHITECTURE
     cfg.MODEL.META_ARCHITECTURE = arch
     cfg.MODEL.WEIGHTS = ""
-    keep = {("MODEL", "FCOS")} if arch == "FCOS" else set()
+    keep = {("MODEL", arch.upper())}  # the student's own node: MODEL.FCOS, MODEL.GFL
     _drop_keys_missing_from(cfg, get_cfg(), keep)
     with open(path, "w") as f:
         f.write(cfg.dump())
