@@ -20,16 +20,20 @@ Notation: N images, R locations (anchors) over all levels, G GTs per image (padd
 """
 
 import importlib.util
+import logging
 import os
-from typing import List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 from detectron2.structures import Instances
 from torch import Tensor
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "BACKEND_ENV",
     "COV_EPS",
+    "checked_triton",
     "MAX_PAIRS",
     "key_region_weights",
     "quality_key",
@@ -57,6 +61,8 @@ BACKENDS = ("auto", "torch", "triton")
 #: largest topk of the Triton kernel (its running top-k lives in registers); "auto" falls back to
 #: the PyTorch implementation above it.
 TRITON_MAX_TOPK = 256
+#: device -> whether the kernel matched the PyTorch path on its first "auto" call there.
+_AUTO_CHECKED: Dict[str, bool] = {}
 
 
 def pad_gt(instances: List[Instances]) -> Tuple[Tensor, Tensor, Tensor]:
@@ -218,6 +224,39 @@ def resolve_backend(backend: str, device: torch.device, topk: int = 30) -> str:
     return backend
 
 
+def checked_triton(device: str, run_triton: Callable, run_torch: Callable):
+    """Run the kernel where "auto" chose it, verified against PyTorch on first use per device.
+
+    The first call on ``device`` runs both; the kernel is kept for that device only if it ran and
+    its outputs are identical (``torch.equal``) to the PyTorch path's, otherwise a warning is
+    logged and every later call there uses PyTorch (a forced ``backend="triton"`` skips this).
+
+    Returns:
+        the outputs of the implementation in use.
+    """
+    state = _AUTO_CHECKED.get(device)
+    if state is not None:
+        return run_triton() if state else run_torch()
+    try:
+        fast = run_triton()
+    except Exception as e:  # compile or launch failure on this device/toolchain
+        logger.warning(f"key regions: the Triton kernel failed on {device} ({e!r}); using PyTorch")
+        _AUTO_CHECKED[device] = False
+        return run_torch()
+    ref = run_torch()
+    same = all(torch.equal(a, b) for a, b in zip(fast, ref))
+    _AUTO_CHECKED[device] = same
+    if not same:
+        diff = max(float((a - b).abs().max()) for a, b in zip(fast, ref) if a.numel())
+        logger.warning(
+            f"key regions: the Triton kernel differs from PyTorch on {device} (max abs "
+            f"difference {diff:.3g}); using PyTorch. Set backend 'torch' to skip this check."
+        )
+        return ref
+    logger.info(f"key regions: the Triton kernel matches PyTorch on {device}; using it")
+    return fast
+
+
 def key_region_weights(
     scores: Tensor,
     pred_boxes: Tensor,
@@ -252,19 +291,31 @@ def key_region_weights(
             is fitted on the in-box candidates (fewer than K when the box holds fewer centres).
         backend: "torch" (this PyTorch implementation), "triton" (the fused kernel of
             :mod:`~kd_det2.ops.key_regions_triton`; CUDA tensors, or CPU under
-            ``TRITON_INTERPRET=1``) or "auto" (see :func:`resolve_backend`).
+            ``TRITON_INTERPRET=1``) or "auto" (see :func:`resolve_backend`; when "auto" picks the
+            kernel, its first call on a device is checked against PyTorch, see
+            :func:`checked_triton`).
 
     Returns:
         weights (len(alphas), N, R) in [0, 1], 0 outside every valid GT box;
         background (N, R) in {0, 1}: 1 where the centre lies inside no valid GT box.
     """
-    backend = resolve_backend(backend, scores.device, topk)
-    if backend == "triton":
+    chosen = resolve_backend(backend, scores.device, topk)
+    if chosen == "triton":
         from .key_regions_triton import key_region_weights_triton
 
         args = (gt_boxes, gt_classes, gt_valid, alphas, topk, mask_before_topk)
-        with torch.no_grad():
-            return key_region_weights_triton(scores, pred_boxes, points, *args)
+
+        def run_triton():
+            with torch.no_grad():
+                return key_region_weights_triton(scores, pred_boxes, points, *args)
+
+        if backend == "triton" or os.environ.get(BACKEND_ENV, "").strip().lower() == "triton":
+            return run_triton()  # forced: no check, errors propagate
+        return checked_triton(
+            str(scores.device),
+            run_triton,
+            lambda: key_region_weights(scores, pred_boxes, points, *args, backend="torch"),
+        )
     if topk < 1:
         raise ValueError(f"key_region_weights: topk must be >= 1, got {topk}")
     n, r, num_classes = scores.shape

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import kd_det2.ops.key_regions as key_regions
 from kd_det2.modeling.distillers import PGD
 from kd_det2.ops import (
     BACKEND_ENV,
@@ -47,6 +48,12 @@ kt.key_region_weights_triton = lambda *a, **k: calls.append(1) or launcher(*a, *
 args, kw, _ = cases["random_0"]
 results["dispatch_forced"] = key_region_weights(*args, **kw, backend="triton")
 results["dispatch_calls"] = len(calls)
+# "auto" picking the kernel (as on CUDA): its first call is checked against PyTorch and kept.
+import kd_det2.ops.key_regions as kr
+kr.resolve_backend = lambda b, d, k=30: "triton" if b == "auto" else b
+results["auto"] = kr.key_region_weights(*args, **kw, backend="auto")
+results["auto_state"] = kr._AUTO_CHECKED.get("cpu")
+results["auto_calls"] = len(calls)
 torch.save(results, sys.argv[2])
 """
 
@@ -219,6 +226,47 @@ def test_dispatcher_under_the_interpreter(kernel_results):
     args, kw, _ = CASES["random_0"]
     want = key_region_weights(*args, **kw, backend="torch")
     assert all(torch.equal(a, b) for a, b in zip(kernel_results["dispatch_forced"], want))
+    # "auto" on a kernel-capable device: verified on first use, then used
+    assert kernel_results["auto_state"] is True and kernel_results["auto_calls"] == 2
+    assert all(torch.equal(a, b) for a, b in zip(kernel_results["auto"], want))
+
+
+def _fakes(fast, ref):
+    calls = []
+
+    def run(name, value):
+        def f():
+            calls.append(name)
+            if isinstance(value, Exception):
+                raise value
+            return value
+
+        return f
+
+    return calls, run("triton", fast), run("torch", ref)
+
+
+def test_checked_triton_keeps_the_kernel_only_when_it_matches(monkeypatch, caplog):
+    monkeypatch.setattr(key_regions, "_AUTO_CHECKED", {})
+    ok = (torch.ones(2, 1, 3), torch.zeros(1, 3))
+    calls, fast, ref = _fakes(ok, tuple(x.clone() for x in ok))
+    assert key_regions.checked_triton("cuda:0", fast, ref) is ok
+    assert key_regions.checked_triton("cuda:0", fast, ref) is ok
+    assert calls == ["triton", "torch", "triton"]  # checked once, then the kernel alone
+
+    bad = (torch.ones(2, 1, 3) * 0.5, torch.zeros(1, 3))
+    calls, fast, ref = _fakes(bad, ok)
+    with caplog.at_level("WARNING"):
+        assert key_regions.checked_triton("cuda:1", fast, ref) is ok
+    assert "differs from PyTorch" in caplog.text and "0.5" in caplog.text
+    assert key_regions.checked_triton("cuda:1", fast, ref) is ok
+    assert calls == ["triton", "torch", "torch"]  # dropped for that device
+
+    calls, fast, ref = _fakes(RuntimeError("no sm_90 toolchain"), ok)
+    with caplog.at_level("WARNING"):
+        assert key_regions.checked_triton("cuda:2", fast, ref) is ok
+    assert "failed" in caplog.text and "no sm_90 toolchain" in caplog.text
+    assert calls == ["triton", "torch"]
 
 
 def test_forced_triton_without_interpreter_errors_and_kernels_compile_for_cuda():
@@ -259,7 +307,7 @@ def test_pgd_passes_its_backend(monkeypatch):
     from kd_det2.config import get_kd_cfg
     from kd_det2.modeling.distillers import pgd
 
-    assert get_kd_cfg().MODEL.KD.PGD.BACKEND == "torch" and "BACKEND" in pgd._SCALAR_KEYS
+    assert get_kd_cfg().MODEL.KD.PGD.BACKEND == "auto" and "BACKEND" in pgd._SCALAR_KEYS
     seen = []
 
     def fake(scores, *args):

@@ -70,10 +70,11 @@ def add_pgd_config(cfg: CN) -> None:
     _C.OFFICIAL_XY_SWAP = False
     # 1x1 adapters from the student's to the teacher's tower width when they differ.
     _C.ADAPT = True
-    # Key-region implementation: "torch", "triton" (the fused kernel; CUDA) or "auto" (Triton on
-    # CUDA, PyTorch otherwise; KD_DET2_KEY_REGIONS_BACKEND overrides "auto"). "torch" by default
-    # until the kernel, exact against PyTorch under TRITON_INTERPRET=1, is validated on a GPU.
-    _C.BACKEND = "torch"
+    # Key-region implementation: "auto" (the fused Triton kernel on CUDA, PyTorch otherwise; the
+    # kernel's first call on a GPU is checked against PyTorch and dropped, with a warning, if it
+    # fails or differs; KD_DET2_KEY_REGIONS_BACKEND overrides "auto"), "torch" or "triton"
+    # (forced, unchecked).
+    _C.BACKEND = "auto"
 
 
 def _attention(feat: Tensor, temperature: float) -> Tuple[Tensor, Tensor]:
@@ -238,7 +239,7 @@ class PGD(Distiller):
         official_batch_mask_mixing: bool = False,
         official_xy_swap: bool = False,
         adapt: bool = True,
-        backend: str = "torch",
+        backend: str = "auto",
     ):
         """
         Args:
