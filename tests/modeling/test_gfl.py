@@ -206,6 +206,25 @@ def test_gfl_loss_normalisation_matches_the_definition():
     assert losses["loss_qfl"].item() == pytest.approx(qfl.item() / pos.sum().item(), rel=1e-4)
     expected_dfl = 0.25 * (dfl.mean(1) * w).sum() / w.sum().clamp(min=1)
     assert losses["loss_dfl"].item() == pytest.approx(expected_dfl.item(), rel=1e-4)
+    giou = 1 - _giou(pred, boxes[pos])
+    expected_giou = 2.0 * (giou * w).sum() / w.sum().clamp(min=1)
+    assert losses["loss_giou"].item() == pytest.approx(expected_giou.item(), rel=1e-4)
+    # the box-loss weights (max class scores) and the QFL targets (IoUs) are detached
+    model.zero_grad()
+    (losses["loss_dfl"] + losses["loss_giou"]).backward(retain_graph=True)
+    assert model.head.cls_score.weight.grad is None or model.head.cls_score.weight.grad.eq(0).all()
+    model.zero_grad()
+    losses["loss_qfl"].backward()
+    assert model.head.bbox_pred.weight.grad is None or model.head.bbox_pred.weight.grad.eq(0).all()
+
+
+def _giou(a, b):
+    """Generalised IoU of aligned boxes, by its definition: IoU - |C \\ (A u B)| / |C|."""
+    lt, rb = torch.max(a[:, :2], b[:, :2]), torch.min(a[:, 2:], b[:, 2:])
+    inter = (rb - lt).clamp(min=0).prod(1)
+    union = (a[:, 2:] - a[:, :2]).prod(1) + (b[:, 2:] - b[:, :2]).prod(1) - inter
+    hull = (torch.max(a[:, 2:], b[:, 2:]) - torch.min(a[:, :2], b[:, :2])).prod(1)
+    return inter / union - (hull - union) / hull
 
 
 def test_gfl_inference_and_eval_shapes():

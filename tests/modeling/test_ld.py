@@ -206,6 +206,43 @@ def test_main_weight_is_detached_and_teacher_gets_no_gradient():
     assert all(x.grad is None for x in t.predictions["box_deltas"])
 
 
+def test_no_term_sends_gradient_to_the_teacher():
+    s, t = _outputs(seed=1), _outputs()
+    for x in t.predictions["cls_logits"] + t.predictions["box_deltas"]:
+        x.requires_grad_(True)
+    for x in s.predictions["cls_logits"] + s.predictions["box_deltas"]:
+        x.requires_grad_(True)
+    losses = LD()(t, s, _gts())
+    sum(losses.values()).backward()
+    assert all(x.grad is None for x in t.predictions["cls_logits"] + t.predictions["box_deltas"])
+    assert sum(x.grad.abs().sum() for x in s.predictions["cls_logits"]) > 0  # class KD
+
+
+def test_half_precision_predictions_give_finite_float32_losses():
+    # fp16 logits as under AMP, large enough that an fp16 sum over all of them overflows
+    s, t = _outputs(seed=1), _outputs()
+    for out in (s, t):
+        for key in ("cls_logits", "box_deltas"):
+            out.predictions[key] = [(x - 40.0).half() for x in out.predictions[key]]
+    losses = LD()(t, s, _gts())
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    assert losses["loss_kd_ld_main"] > 0
+
+
+def test_main_region_is_the_students_own_gfl_assignment():
+    from conftest import tiny_cfg
+
+    model = build_model(tiny_cfg("GFL"))
+    batch = make_batch(boxes_per_image=(4, 2), seed=7)
+    images = model.preprocess_image(batch)
+    features = [model.backbone(images.tensor)[f] for f in model.head_in_features]
+    anchors = model.anchor_generator(features)
+    gts = [b["instances"] for b in batch]
+    labels, _ = model.label_anchors(anchors, gts)
+    pos, _ = LD().regions(anchors, gts)
+    assert pos.any() and torch.equal(pos, labels != model.num_classes)
+
+
 def test_images_without_gt_give_finite_zero_losses():
     s, t = _outputs(seed=1), _outputs()
     gts = [_gts()[1], _gts()[1]]

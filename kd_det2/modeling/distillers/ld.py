@@ -266,7 +266,7 @@ class LD(Distiller):
                 "student need the same input padding (size_divisibility), levels and reg_max."
             )
         pos, vlr = self.regions(student.anchors, gt_instances)
-        zero = s_dists.sum() * 0.0
+        zero = s_dists.flatten()[:1].float().sum() * 0.0  # float: an fp16 sum can overflow
         losses = {}
         if self.weights["main"]:
             ld = ld_edge_loss(s_dists[pos], t_dists[pos], self.temperature)  # (P, 4)
