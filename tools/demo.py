@@ -109,7 +109,7 @@ def run(args) -> List[dict]:
     if unknown:
         raise SystemExit(f"unknown --methods {unknown}; choose from {sorted(DISTILLED)}")
     families = [f for f in FAMILIES if any(DISTILLED[m][0] == f for m in methods)]
-    steps = sum(2 for _ in families) + len(methods)
+    steps = 2 * len(families) + len(methods)
     rows, step = [], 0
     for family in families:
         teacher_name, student_name = FAMILIES[family]
@@ -118,10 +118,12 @@ def run(args) -> List[dict]:
         rows.append(_row("teacher", teacher_cfg, record["metrics"], record["train_time"]))
         teacher_weights = os.path.join(teacher_cfg.OUTPUT_DIR, "model_final.pth")
         runs = [("student", student_name, [], "student")]
-        runs += [(m, DISTILLED[m][1], DISTILLED[m][2], f"student_{m}") for m in methods]
+        runs += [
+            (m, DISTILLED[m][1], DISTILLED[m][2], f"student_{m}")
+            for m in methods
+            if DISTILLED[m][0] == family
+        ]
         for method, name, extra, out in runs:
-            if method != "student" and DISTILLED[method][0] != family:
-                continue
             step += 1
             seed = ["SEED", str(args.seed)]  # the students' seed; the teacher keeps its config's
             opts = args.opts + seed + extra + _iters(args.student_iters) + _out(args, out)

@@ -7,11 +7,11 @@ import torch
 from conftest import make_batch, tiny_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances, pairwise_iou
+from detectron2.structures.boxes import matched_pairwise_iou
 
 from kd_det2.modeling.detectors import (
     GFL,
     DistributionBox2BoxTransform,
-    aligned_iou,
     atss_match,
     build_gfl_anchor_generator,
     distribution_focal_loss,
@@ -154,7 +154,8 @@ def test_diou_hand_computed():
     # identical: 1; half overlap: IoU 1/3, d^2 = 1, c^2 = 9 + 4; disjoint: 0 - 16 / (36 + 4)
     expected = torch.tensor([[1.0, 1 / 3 - 1 / 13, -16 / 40]])
     assert torch.allclose(pairwise_diou(a, b), expected, atol=1e-6)
-    assert torch.allclose(aligned_iou(a.expand(3, 4), b), torch.tensor([1.0, 1 / 3, 0.0]))
+    matched = matched_pairwise_iou(Boxes(a.expand(3, 4)), Boxes(b))
+    assert torch.allclose(matched, torch.tensor([1.0, 1 / 3, 0.0]))
 
 
 # ----------------------------------------------------------------------------------- model
@@ -199,7 +200,7 @@ def test_gfl_loss_normalisation_matches_the_definition():
     pred = model.box2box_transform.apply_deltas(dists[pos], all_anchors[pos])
     w = logits[pos].sigmoid().amax(1)
     q = torch.zeros(labels.shape)
-    q[pos] = aligned_iou(pred, boxes[pos])
+    q[pos] = matched_pairwise_iou(Boxes(pred), Boxes(boxes[pos]))
     qfl = quality_focal_loss(logits.flatten(0, 1), labels.flatten(), q.flatten()).sum()
     target = model.box2box_transform.get_deltas(all_anchors[pos], boxes[pos])
     dfl = distribution_focal_loss(dists[pos].reshape(-1, 17), target.flatten()).view(-1, 4)

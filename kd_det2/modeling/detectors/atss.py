@@ -15,7 +15,7 @@ from detectron2.structures import pairwise_iou
 from detectron2.structures.boxes import Boxes
 from torch import Tensor
 
-__all__ = ["ATSSMatch", "aligned_iou", "atss_match", "pairwise_diou"]
+__all__ = ["ATSSMatch", "atss_match", "pairwise_diou"]
 
 #: an anchor centre must be this far (pixels) inside a GT to be a positive of that GT.
 _INSIDE_EPS = 0.01
@@ -23,16 +23,6 @@ _INSIDE_EPS = 0.01
 
 def _centres(boxes: Tensor) -> Tensor:
     return (boxes[..., :2] + boxes[..., 2:]) * 0.5
-
-
-def aligned_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-6) -> Tensor:
-    """IoU of corresponding boxes: (P, 4), (P, 4) -> (P,)."""
-    lt = torch.max(boxes1[:, :2], boxes2[:, :2])
-    rb = torch.min(boxes1[:, 2:], boxes2[:, 2:])
-    inter = (rb - lt).clamp(min=0).prod(dim=1)
-    area1 = (boxes1[:, 2:] - boxes1[:, :2]).clamp(min=0).prod(dim=1)
-    area2 = (boxes2[:, 2:] - boxes2[:, :2]).clamp(min=0).prod(dim=1)
-    return inter / (area1 + area2 - inter).clamp(min=eps)
 
 
 def pairwise_diou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tensor:

@@ -18,7 +18,15 @@ from detectron2.modeling.meta_arch.fcos import FCOSHead as _D2FCOSHead
 
 from ...config import add_fcos_config
 
-__all__ = ["FCOS", "FCOSHead", "build_fcos_resnet_fpn_backbone"]
+__all__ = ["FCOS", "FCOSHead", "build_fcos_resnet_fpn_backbone", "shared_head_width"]
+
+
+def shared_head_width(input_shape: List[ShapeSpec], head: str) -> int:
+    """The one channel count of all levels a head shared across levels consumes."""
+    channels = {s.channels for s in input_shape}
+    if len(channels) != 1:
+        raise ValueError(f"{head} head needs equal channels on all levels, got {channels}")
+    return input_shape[0].channels
 
 
 @BACKBONE_REGISTRY.register()
@@ -50,13 +58,11 @@ class FCOSHead(_D2FCOSHead):
     @classmethod
     def from_config(cls, cfg, input_shape: List[ShapeSpec]):
         add_fcos_config(cfg)
-        channels = {s.channels for s in input_shape}
-        if len(channels) != 1:
-            raise ValueError(f"FCOS head needs equal channels on all levels, got {channels}")
+        width = shared_head_width(input_shape, "FCOS")
         return {
             "input_shape": input_shape,
             "num_classes": cfg.MODEL.FCOS.NUM_CLASSES,
-            "conv_dims": [input_shape[0].channels] * cfg.MODEL.FCOS.NUM_CONVS,
+            "conv_dims": [width] * cfg.MODEL.FCOS.NUM_CONVS,
             "norm": cfg.MODEL.FCOS.NORM,
             "prior_prob": cfg.MODEL.FCOS.PRIOR_PROB,
         }

@@ -20,12 +20,14 @@ from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.modeling.meta_arch.retinanet import RetinaNet, RetinaNetHead
 from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.structures.boxes import matched_pairwise_iou
 from detectron2.utils import comm
 from fvcore.nn import giou_loss
 from torch import Tensor, nn
 
 from ...config import add_gfl_config
-from .atss import aligned_iou, atss_match
+from .atss import atss_match
+from .fcos import shared_head_width
 from .gfl_losses import DistributionBox2BoxTransform, distribution_focal_loss, quality_focal_loss
 
 __all__ = ["GFL", "GFLHead", "build_gfl_anchor_generator"]
@@ -77,14 +79,11 @@ class GFLHead(RetinaNetHead):
     @classmethod
     def from_config(cls, cfg, input_shape: List[ShapeSpec]):
         add_gfl_config(cfg)
-        channels = {s.channels for s in input_shape}
-        if len(channels) != 1:
-            raise ValueError(f"GFL head needs equal channels on all levels, got {channels}")
         g = cfg.MODEL.GFL
         return {
             "input_shape": input_shape,
             "num_classes": g.NUM_CLASSES,
-            "conv_dims": [input_shape[0].channels] * g.NUM_CONVS,
+            "conv_dims": [shared_head_width(input_shape, "GFL")] * g.NUM_CONVS,
             "norm": g.NORM,
             "prior_prob": g.PRIOR_PROB,
             "reg_max": g.REG_MAX,
@@ -263,7 +262,7 @@ class GFL(DenseDetector):
         pred_boxes = self.box2box_transform.apply_deltas(pos_dists, pos_anchors)
         weights = logits[pos].detach().sigmoid().amax(dim=1)  # (P,)
         quality = torch.zeros_like(gt_labels, dtype=logits.dtype)
-        quality[pos] = aligned_iou(pred_boxes.detach(), pos_gt).clamp(min=0)
+        quality[pos] = matched_pairwise_iou(Boxes(pred_boxes.detach()), Boxes(pos_gt))
         loss_qfl = quality_focal_loss(
             logits.flatten(0, 1), gt_labels.flatten(), quality.flatten(), self.qfl_beta
         ).sum()

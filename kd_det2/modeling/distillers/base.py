@@ -9,6 +9,8 @@ before training starts, that the models have what it needs.
 
 from typing import Dict, Iterable, List
 
+import torch
+from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
 from detectron2.structures import Instances
 from detectron2.utils.registry import Registry
 from torch import Tensor, nn
@@ -19,6 +21,7 @@ __all__ = [
     "KD_DISTILLER_REGISTRY",
     "Distiller",
     "build_distillers",
+    "cat_dense_levels",
     "check_features",
     "registered_distillers",
 ]
@@ -33,6 +36,12 @@ Registry of distillers. A registered class is built as ``cls(cfg, student_spec, 
 def registered_distillers() -> List[str]:
     """Sorted names of all registered distillers."""
     return sorted(name for name, _ in KD_DISTILLER_REGISTRY)
+
+
+def cat_dense_levels(levels: List[Tensor], k: int) -> Tensor:
+    """Per-level dense head outputs (N, A*k, Hi, Wi) -> (N, R, k), R = sum_i Hi*Wi*A, in
+    detectron2's anchor order (level, y, x, anchor), the order of ``DetectorOutputs.anchors``."""
+    return torch.cat([permute_to_N_HWA_K(x, k) for x in levels], dim=1)
 
 
 def check_features(

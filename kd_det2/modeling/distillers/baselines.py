@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from ..connectors import build_adapter
 from ..outputs import DetectorOutputs, ModelSpec
-from .base import KD_DISTILLER_REGISTRY, Distiller, check_features
+from .base import KD_DISTILLER_REGISTRY, Distiller, cat_dense_levels, check_features
 
 __all__ = ["FitNet", "LogitKD", "sigmoid_kd_loss", "softmax_kd_loss"]
 
@@ -165,17 +165,7 @@ class LogitKD(Distiller):
             t_levels = teacher.predictions["cls_logits"]
             for i, (s, t) in enumerate(zip(s_levels, t_levels)):
                 _check_same_shape(f"LogitKD level {i} logits", s, t)
-            s = _flatten_dense(s_levels, self.num_classes)
-            t = _flatten_dense(t_levels, self.num_classes)
+            s = cat_dense_levels(s_levels, self.num_classes).flatten(0, 1)
+            t = cat_dense_levels(t_levels, self.num_classes).flatten(0, 1)
             loss = sigmoid_kd_loss(s, t, self.temperature)
         return {"loss_kd_logit": self.loss_weight * loss}
-
-
-def _flatten_dense(levels: List[Tensor], num_classes: int) -> Tensor:
-    """Per-level (N, A*K, Hi, Wi) -> (N * sum_i Hi*Wi*A, K)."""
-    out = []
-    for x in levels:
-        n, ak, h, w = x.shape
-        k = num_classes
-        out.append(x.view(n, ak // k, k, h, w).permute(0, 3, 4, 1, 2).reshape(-1, k))
-    return torch.cat(out, dim=0)

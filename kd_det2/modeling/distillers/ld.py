@@ -24,7 +24,7 @@ from torch import Tensor
 from ...config.defaults import register_kd_config_hook
 from ..detectors.atss import atss_match, pairwise_diou
 from ..outputs import DetectorOutputs, ModelSpec
-from .base import KD_DISTILLER_REGISTRY, Distiller
+from .base import KD_DISTILLER_REGISTRY, Distiller, cat_dense_levels
 
 __all__ = ["LD", "add_ld_config", "kd_cls_loss", "ld_edge_loss", "vlr_weights"]
 
@@ -113,11 +113,6 @@ def vlr_weights(
     if exclude is not None:
         weights = weights.masked_fill(exclude, 0.0)
     return weights
-
-
-def _flatten(levels: List[Tensor]) -> Tensor:
-    """Per level (N, D, Hi, Wi) -> (N, R, D) (one anchor per location, detectron2's order)."""
-    return torch.cat([x.flatten(2).transpose(1, 2) for x in levels], dim=1)
 
 
 @KD_DISTILLER_REGISTRY.register()
@@ -255,10 +250,12 @@ class LD(Distiller):
     def forward(
         self, teacher: DetectorOutputs, student: DetectorOutputs, gt_instances: List[Instances]
     ) -> Dict[str, Tensor]:
-        s_logits = _flatten(student.predictions["cls_logits"])  # (N, R, K)
-        s_dists = _flatten(student.predictions["box_deltas"])  # (N, R, 4(n+1))
-        t_logits = _flatten(teacher.predictions["cls_logits"])
-        t_dists = _flatten(teacher.predictions["box_deltas"])
+        # one anchor per location: (N, R, K) logits and (N, R, 4(n+1)) distributions
+        s_logits, s_dists, t_logits, t_dists = (
+            cat_dense_levels(levels, levels[0].shape[1])
+            for out in (student, teacher)
+            for levels in (out.predictions["cls_logits"], out.predictions["box_deltas"])
+        )
         if s_dists.shape != t_dists.shape or s_logits.shape != t_logits.shape:
             raise ValueError(
                 f"LD: student predictions {tuple(s_logits.shape)}/{tuple(s_dists.shape)} and "

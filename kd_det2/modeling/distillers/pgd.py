@@ -22,7 +22,7 @@ from ...config.defaults import register_kd_config_hook
 from ...ops import key_region_weights, pad_gt
 from ..connectors import build_adapter
 from ..outputs import DetectorOutputs, ModelSpec
-from .base import KD_DISTILLER_REGISTRY, Distiller
+from .base import KD_DISTILLER_REGISTRY, Distiller, cat_dense_levels
 
 __all__ = ["PGD", "add_pgd_config", "pgd_cls_terms", "pgd_cls_loss", "pgd_reg_loss"]
 
@@ -346,9 +346,9 @@ class PGD(Distiller):
         sizes = [x.shape[-2:] for x in logits]
         n = logits[0].shape[0]
         with torch.autocast(logits[0].device.type, enabled=False):
-            scores = torch.cat([_to_n_hwa_k(x.float(), k) for x in logits], dim=1).sigmoid()
+            scores = cat_dense_levels(logits, k).float().sigmoid()
             d = deltas[0].shape[1] // a  # 4, or 4 * (n + 1) for a distribution head (GFL)
-            deltas = torch.cat([_to_n_hwa_k(x.float(), d) for x in deltas], dim=1)  # (N, R, d)
+            deltas = cat_dense_levels(deltas, d).float()  # (N, R, d)
             anchors = Boxes.cat(teacher.anchors).tensor.float()  # (R, 4)
             if anchors.shape[0] != scores.shape[1]:
                 raise ValueError(
@@ -416,12 +416,6 @@ class PGD(Distiller):
             losses[name] = torch.stack(total).sum()
         _put_stats(w_cls, w_reg, bg)
         return losses
-
-
-def _to_n_hwa_k(x: Tensor, k: int) -> Tensor:
-    """(N, A*k, H, W) -> (N, H*W*A, k), as detectron2's ``permute_to_N_HWA_K``."""
-    n, _, h, w = x.shape
-    return x.view(n, -1, k, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, k)
 
 
 def _put_stats(w_cls: List[Tensor], w_reg: List[Tensor], bg: List[Tensor]) -> None:
