@@ -1,13 +1,30 @@
-"""Shared builders of tiny configs, models and batches for the tests (CPU, seconds each)."""
+"""Shared builders of tiny configs, models and batches for the tests (CPU, seconds each).
 
+The tests are isolated from the environment: the ``KD_DET2_*`` and ``DETECTRON2_DATASETS``
+variables of the calling shell are removed before kd_det2 is imported (they choose datasets and
+backends), and generated datasets go to a temporary folder removed at exit, not the repository.
+"""
+
+import atexit
 import contextlib
 import os
+import shutil
+import tempfile
 
-import pytest
-import torch
-from detectron2.structures import Boxes, Instances
+ISOLATED_VARIABLES = sorted(
+    k for k in os.environ if k.startswith("KD_DET2_") or k == "DETECTRON2_DATASETS"
+)
+for _key in ISOLATED_VARIABLES:
+    del os.environ[_key]
+DATA_ROOT = tempfile.mkdtemp(prefix="kd_det2_tests_")
+os.environ["KD_DET2_DATASETS"] = DATA_ROOT  # kd_shapes generated here (subprocesses inherit it)
+atexit.register(shutil.rmtree, DATA_ROOT, ignore_errors=True)
 
-from kd_det2.config import get_kd_cfg
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from detectron2.structures import Boxes, Instances  # noqa: E402
+
+from kd_det2.config import get_kd_cfg  # noqa: E402
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 torch.set_num_threads(2)

@@ -107,6 +107,10 @@ def add_kd_config(cfg: CN) -> None:
     _C.MODEL.KD.INIT_STUDENT_SKIP = ["backbone.bottom_up."]
     # Pass find_unused_parameters=True to DistributedDataParallel.
     _C.MODEL.KD.DDP_FIND_UNUSED_PARAMETERS = False
+    # Every this many iterations (0: never), log to the event storage the gradient norms of the
+    # detection and of the KD losses over the student parameters both reach, and their ratios
+    # (kd_grad/*). Costs a few extra backward passes in those iterations; single-process only.
+    _C.MODEL.KD.GRAD_STATS_PERIOD = 0
 
     _C.MODEL.KD.TEACHER = CN()
     # Teacher config: a yacs .yaml, a LazyConfig .py, or a detectron2 model_zoo config name such

@@ -77,10 +77,19 @@ class KDCheckpointer(DetectionCheckpointer):
 
 
 def _atomic_write(path: str, write, mode: str) -> None:
-    """Write ``path`` through ``write(file)`` into a temporary sibling, then rename it."""
+    """Write ``path`` through ``write(file)`` into a temporary sibling, then rename it.
+
+    If anything fails before the rename, the temporary file is removed and the error re-raised:
+    ``path`` keeps its previous content and no partial file is left behind.
+    """
     tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, mode) as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

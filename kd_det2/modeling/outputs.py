@@ -5,13 +5,18 @@ classes, C channels, R sampled proposals over the whole batch.
 """
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from detectron2.layers import ShapeSpec
 from detectron2.structures import Boxes, ImageList, Instances
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["DetectorOutputs", "ModelSpec"]
+#: ``fn(features, targets) -> losses``: a detector's detection losses recomputed from neck
+#: features ``{"p3": (N, C, Hi, Wi), ...}`` against per-image target Instances (``gt_boxes``,
+#: ``gt_classes``), differentiable with respect to ``features``.
+DetectionLossFn = Callable[[Dict[str, Tensor], List[Instances]], Dict[str, Tensor]]
+
+__all__ = ["DetectionLossFn", "DetectorOutputs", "ModelSpec"]
 
 
 @dataclass
@@ -44,6 +49,23 @@ class DetectorOutputs:
             "box_deltas": (R, 4*K) or (R, 4)}``.
         proposals: two-stage, student only: the sampled proposals, one :class:`Instances` per
             image with ``proposal_boxes`` and ``gt_classes`` (K = background).
+        losses: the detector's detection losses of this step, in the graph of ``features``.
+            Student: the losses the trainer optimises. Teacher: empty, unless a distiller
+            declares ``needs = {"teacher_losses"}`` (see :class:`~kd_det2.modeling.distillers.
+            Distiller`); then they are computed against the GT, ``features`` are leaf tensors
+            that require grad (the backbone ran without a graph) and the teacher's parameters
+            still get no gradient.
+        assignment: dense students: the detector's own label assignment of this step, recorded
+            from its ``label_anchors`` (not recomputed): ``{"gt_labels": (N, R) long, K for
+            background and -1 for ignored anchors, "gt_index": (N, R) long, the index of the
+            matched GT in ``gt_instances[i]`` for foreground anchors, -1 elsewhere}``, R the
+            anchors of all levels in ``anchors`` order. None for the teacher and two-stage models.
+        model: the detector that produced these outputs (a reference, not a copy), for
+            distillers that run parts of it (e.g. a student feature through the teacher's next
+            stage). The teacher's is frozen: its parameters never require grad.
+        detection_loss_fn: :data:`DetectionLossFn` of this detector on this batch (its head, or
+            RPN + RoI heads on the student's sampled proposals), e.g. for losses against targets
+            other than the GT. Runs the head again on the features it is given.
     """
 
     images: ImageList
@@ -57,6 +79,10 @@ class DetectorOutputs:
     rpn: Dict[str, List[Tensor]] = field(default_factory=dict)
     roi: Dict[str, Tensor] = field(default_factory=dict)
     proposals: Optional[List[Instances]] = None
+    losses: Dict[str, Tensor] = field(default_factory=dict)
+    assignment: Optional[Dict[str, Tensor]] = None
+    model: Optional[nn.Module] = field(default=None, repr=False)
+    detection_loss_fn: Optional[DetectionLossFn] = field(default=None, repr=False)
 
     def level_features(self) -> List[Tensor]:
         """The neck features the head consumes, as a per-level list."""
@@ -80,6 +106,8 @@ class ModelSpec:
         box2box_transform: dense heads: the model's transform between anchors and box deltas
             (``apply_deltas(deltas (R, 4), anchors (R, 4)) -> boxes (R, 4)``), to decode its
             predictions; None for two-stage models.
+        arch_bases: the names of the detector's class and of all its base classes (so that a
+            subclass of GFL counts as a GFL).
     """
 
     kind: str
@@ -92,3 +120,9 @@ class ModelSpec:
     num_anchors: int
     input_format: str = "BGR"
     box2box_transform: Any = None
+    arch_bases: Tuple[str, ...] = ()
+
+    def is_a(self, archs: Iterable[str]) -> bool:
+        """Whether the detector is (a subclass of) one of the detector classes ``archs``."""
+        names = set(self.arch_bases) | {self.arch}
+        return any(a in names for a in archs)

@@ -4,11 +4,38 @@ Hooks are registered on ``__enter__`` and removed on ``__exit__``; records are c
 nothing leaks from one training step to the next and nothing is recorded outside the context.
 """
 
-from typing import Any, Dict, List, Optional
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional
 
 from torch import nn
 
-__all__ = ["ForwardRecorder", "get_submodule"]
+__all__ = ["ForwardRecorder", "get_submodule", "record_calls"]
+
+
+@contextmanager
+def record_calls(obj: Any, method: str) -> Iterator[List[Any]]:
+    """Record what ``obj.<method>`` returns while the context is open, in call order.
+
+    The method runs exactly once per call, as without the context (so a method that samples at
+    random, such as ``roi_heads.label_and_sample_proposals``, is not run twice). The instance
+    attribute that shadows the class's method is removed on exit.
+
+    Yields:
+        the list the return values are appended to.
+    """
+    original = getattr(obj, method)
+    sink: List[Any] = []
+
+    def recording(*args, **kwargs):
+        result = original(*args, **kwargs)
+        sink.append(result)
+        return result
+
+    setattr(obj, method, recording)
+    try:
+        yield sink
+    finally:
+        delattr(obj, method)  # back to the class's method
 
 
 def get_submodule(model: nn.Module, path: str) -> Optional[nn.Module]:

@@ -1,8 +1,10 @@
 """Training through KDTrainer: frozen teacher, checkpoints, resume, init weights, evaluation."""
 
+import copy
 import glob
 import os
 
+import pytest
 import torch
 from conftest import kd_cfg, tiny_cfg
 from detectron2.modeling import build_model
@@ -93,21 +95,22 @@ def test_checkpointer_writes_atomically(tmp_path, monkeypatch):
     model = build_model(tiny_cfg("FCOS"))
     ckpt = KDCheckpointer(model, save_dir=str(tmp_path))
     ckpt.save("good")
+    good = (tmp_path / "good.pth").read_bytes()
 
     def broken_save(obj, f, *a, **k):
         f.write(b"partial")
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    try:
-        ckpt.save("good")
-    except RuntimeError:
-        pass
+    with pytest.raises(RuntimeError, match="disk full"):
+        ckpt.save("next")
+    with pytest.raises(RuntimeError, match="disk full"):
+        ckpt.save("good")  # overwriting an existing checkpoint fails the same way
     monkeypatch.undo()
-    # the earlier checkpoint is intact and still the last one
-    state = torch.load(tmp_path / "good.pth", weights_only=False)
-    assert "model" in state
+    # the earlier checkpoint is intact and still the last one; no partial file is left behind
+    assert (tmp_path / "good.pth").read_bytes() == good
     assert (tmp_path / "last_checkpoint").read_text() == "good.pth"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.pth", "last_checkpoint"]
 
 
 def test_evaluation_with_coco_evaluator(tmp_path):
@@ -175,3 +178,71 @@ def test_coco_scale_pgd_config_builds_and_starts_training(tmp_path, monkeypatch)
     trainer.resume_or_load(resume=False)
     trainer.train()
     assert trainer.iter == 1
+
+
+def _load_tool(name):
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "tools", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_tool_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli_resume_restores_optimizer_scheduler_iteration_and_teacher(tmp_path, monkeypatch):
+    """tools/train_net.py --resume after an interruption at iteration 2: momentum buffers,
+    scheduler position, iteration and student come from the checkpoint, the teacher from
+    MODEL.KD.TEACHER.WEIGHTS (it is never in a checkpoint)."""
+    from detectron2.engine import default_argument_parser
+
+    torch.manual_seed(7)
+    teacher = build_model(tiny_cfg("FCOS", 18, 64, num_classes=6))
+    teacher_path = tmp_path / "teacher.pth"
+    torch.save({"model": teacher.state_dict()}, teacher_path)
+    cfg = _train_cfg(tmp_path, max_iter=4, teacher_weights=str(teacher_path))
+    cfg.SOLVER.MOMENTUM = 0.9
+    cfg.SOLVER.STEPS = (3,)
+    cfg_path = tmp_path / "kd.yaml"
+    cfg_path.write_text(cfg.dump())
+    train_net = _load_tool("train_net")
+    argv = ["--config-file", str(cfg_path)]
+    train_net.main(default_argument_parser().parse_args(argv))
+
+    out = tmp_path / "out"
+    for name in ("model_0000003.pth", "model_final.pth"):  # interrupted after iteration 2
+        (out / name).unlink()
+    (out / "last_checkpoint").write_text("model_0000001.pth")
+    ckpt = torch.load(out / "model_0000001.pth", weights_only=False)
+    seen = {}
+    original_train = KDTrainer.train
+
+    def recording_train(self):
+        seen["start_iter"] = self.start_iter
+        seen["optimizer"] = copy.deepcopy(self.optimizer.state_dict())  # live tensors
+        seen["scheduler"] = copy.deepcopy(self.scheduler.state_dict())
+        seen["teacher"] = _snapshot(self.model.teacher)
+        seen["student"] = _snapshot(self.model.student)
+        return original_train(self)
+
+    monkeypatch.setattr(KDTrainer, "train", recording_train)
+    train_net.main(default_argument_parser().parse_args(argv + ["--resume"]))
+
+    assert seen["start_iter"] == ckpt["iteration"] + 1 == 2
+    saved_opt = ckpt["trainer"]["_trainer"]["optimizer"]["state"]
+    assert saved_opt and any("momentum_buffer" in s for s in saved_opt.values())
+    for idx, state in saved_opt.items():
+        for key, value in state.items():
+            assert torch.equal(seen["optimizer"]["state"][idx][key], value), (idx, key)
+    assert (
+        seen["scheduler"]["last_epoch"]
+        == 2
+        == ckpt["trainer"]["hooks"]["LRScheduler"]["last_epoch"]
+    )
+    assert all(torch.equal(v, seen["teacher"][k]) for k, v in teacher.state_dict().items())
+    student_ckpt = {
+        k[len("student.") :]: v for k, v in ckpt["model"].items() if k.startswith("student.")
+    }
+    assert all(torch.equal(v, seen["student"][k]) for k, v in student_ckpt.items())
+    assert (out / "model_final.pth").is_file()
+    assert torch.load(out / "model_final.pth", weights_only=False)["iteration"] == 3

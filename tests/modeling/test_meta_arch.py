@@ -203,3 +203,73 @@ def test_student_family_mismatch(tmp_path):
     cfg.MODEL.META_ARCHITECTURE = "KDGeneralizedRCNN"
     with pytest.raises(TypeError, match="use KDDenseDetector"):
         build_model(cfg)
+
+
+# ------------------------------------------------------------- what is captured, by value
+def test_rcnn_teacher_logits_are_computed_on_the_student_sampled_proposals(tmp_path):
+    """A teacher equal to the student (FrozenBN: same in train and eval mode) gives the same RoI
+    logits as the student on each sampled proposal: it ran on those boxes, in that order."""
+    cfg = kd_cfg(tmp_path, "GeneralizedRCNN", student_fpn=32, teacher_fpn=32)
+    cfg.MODEL.RESNETS.NORM = "FrozenBN"
+    teacher_cfg = tiny_cfg("GeneralizedRCNN", 18, 32)
+    teacher_cfg.MODEL.RESNETS.NORM = "FrozenBN"
+    (tmp_path / "teacher.yaml").write_text(teacher_cfg.dump())
+    model = build_model(cfg)
+    model.teacher.load_state_dict(model.student.state_dict())
+    s, t = _captured(model)
+    assert len(s.roi["cls_logits"]) == sum(len(p) for p in s.proposals) > 0
+    assert torch.allclose(t.roi["cls_logits"], s.roi["cls_logits"], atol=1e-5)
+    assert torch.allclose(t.roi["box_deltas"], s.roi["box_deltas"], atol=1e-5)
+    # and the comparison can fail: other proposals (the same boxes reversed) give other logits
+    flipped = model.teacher.roi_heads.box_predictor(
+        model.teacher.roi_heads.box_head(
+            model.teacher.roi_heads.box_pooler(
+                [t.features[f] for f in model.teacher.roi_heads.box_in_features],
+                [p.proposal_boxes[torch.arange(len(p) - 1, -1, -1)] for p in s.proposals],
+            )
+        )
+    )[0]
+    assert not torch.allclose(flipped, s.roi["cls_logits"], atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["FCOS", "RetinaNet", "GFL"])
+def test_tower_blocks_are_taken_after_each_activation(tmp_path, arch):
+    """With 3 convs per tower (GN), block i is the output of the i-th conv -> GN -> ReLU."""
+    cfg = kd_cfg(tmp_path, arch, student_fpn=64, teacher_fpn=64)
+    for node in (cfg.MODEL.FCOS, cfg.MODEL.GFL, cfg.MODEL.RETINANET):
+        node.NUM_CONVS = 3
+        node.NORM = "GN"
+    model = build_model(cfg)
+    s, _ = _captured(model)
+    for tower, path in (("cls", "cls_subnet"), ("reg", "bbox_subnet")):
+        subnet = getattr(model.student.head, path)
+        assert len(s.tower_blocks[tower]) == 3
+        for level, feature in enumerate(s.level_features()):
+            x = feature
+            for block in range(3):
+                x = subnet[3 * block : 3 * block + 3](x)  # conv, norm, activation
+                assert isinstance(subnet[3 * block + 2], torch.nn.ReLU)
+                assert torch.equal(s.tower_blocks[tower][block][level], x), (tower, block, level)
+            assert torch.equal(s.towers[tower][level], x)
+
+
+def test_teacher_input_is_channel_flipped_when_its_format_differs(tmp_path):
+    cfg = kd_cfg(tmp_path, "FCOS")
+    cfg.INPUT.FORMAT = "BGR"
+    teacher_cfg = tiny_cfg("FCOS", 18, 64)
+    teacher_cfg.INPUT.FORMAT = "RGB"
+    teacher_cfg.MODEL.PIXEL_MEAN = [10.0, 20.0, 30.0]
+    teacher_cfg.MODEL.PIXEL_STD = [2.0, 3.0, 4.0]
+    (tmp_path / "teacher.yaml").write_text(teacher_cfg.dump())
+    model = build_model(cfg)
+    assert model.teacher_input_format == "RGB"
+    batch = make_batch()
+    s, t = _captured(model)
+    image = batch[0]["image"]  # BGR, as the student reads it
+    expected = (image.flip(0) - torch.tensor([10.0, 20.0, 30.0])[:, None, None]) / torch.tensor(
+        [2.0, 3.0, 4.0]
+    )[:, None, None]
+    assert torch.allclose(t.images.tensor[0, :, :64, :64], expected, atol=1e-5)
+    # the student keeps its own order
+    s_expected = (image - model.student.pixel_mean.cpu()) / model.student.pixel_std.cpu()
+    assert torch.allclose(s.images.tensor[0, :, :64, :64], s_expected, atol=1e-5)

@@ -229,3 +229,6 @@ def test_two_cpu_processes(workdir):
     out = os.path.join(workdir, "ddp")
     assert os.path.isfile(os.path.join(out, "model_final.pth"))
     assert _evaluated(proc)
+    # two processes ran: detectron2 reports the world size and rank 1 writes its own log
+    assert "World size: 2" in proc.stdout + proc.stderr
+    assert os.path.isfile(os.path.join(out, "log.txt.rank1"))

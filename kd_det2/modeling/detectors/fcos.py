@@ -80,6 +80,19 @@ class FCOS(_D2FCOS):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
 
+    def losses(
+        self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, pred_centerness
+    ):
+        """detectron2's FCOS losses, computed in float32: under autocast the head's outputs are
+        half precision and detectron2's GIoU loss (fvcore) fails on mixed half/float boxes."""
+        pred_logits, pred_anchor_deltas, pred_centerness = (
+            [x.float() for x in preds]
+            for preds in (pred_logits, pred_anchor_deltas, pred_centerness)
+        )
+        return super().losses(
+            anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, pred_centerness
+        )
+
     @classmethod
     def from_config(cls, cfg):
         add_fcos_config(cfg)

@@ -5,9 +5,24 @@ teacher and student tensors (:class:`~kd_det2.modeling.outputs.DetectorOutputs`)
 instances of a training step and returns ``{"loss_kd_<what>": scalar tensor}``. It is built from
 the config and the two models' :class:`~kd_det2.modeling.outputs.ModelSpec`, and checks there,
 before training starts, that the models have what it needs.
+
+What a distiller declares (class attributes, checked for every registered distiller by the
+contract tests in ``tests/modeling/test_distiller_contract.py``):
+
+* ``supported_kinds`` / ``supported_archs``: the detector families it supports; every other
+  family is refused when the model is built, with the distiller's name in the message;
+* ``needs``: what the KD wrapper must compute for it beyond the default capture, so that no other
+  method pays for it. The only such need today is ``"teacher_losses"``: the teacher's detection
+  losses against the GT, differentiable with respect to the teacher's neck outputs (which become
+  leaf tensors that require grad; the backbone still runs without a graph and the teacher's
+  parameters stay frozen); see :class:`~kd_det2.modeling.outputs.DetectorOutputs`;
+* ``vanishing_terms``: the loss names that are zero when teacher and student compute the same
+  outputs (terms that measure a teacher-student difference);
+* ``level_key``: the config key listing the feature levels or stages it reads, or None when it
+  reads the levels of the detectors' heads (which must then be the same in both).
 """
 
-from typing import Dict, Iterable, List
+from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 import torch
 from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
@@ -23,8 +38,13 @@ __all__ = [
     "build_distillers",
     "cat_dense_levels",
     "check_features",
+    "check_same_head_levels",
+    "distiller_needs",
     "registered_distillers",
 ]
+
+#: every value a distiller may put in its ``needs``
+KNOWN_NEEDS = frozenset({"teacher_losses"})
 
 KD_DISTILLER_REGISTRY = Registry("KD_DISTILLER")
 KD_DISTILLER_REGISTRY.__doc__ = """
@@ -63,6 +83,27 @@ def check_features(
             )
 
 
+def check_same_head_levels(name: str, student: ModelSpec, teacher: ModelSpec) -> None:
+    """Raise a ValueError naming distiller ``name`` unless the teacher's and the student's heads
+    (dense heads; the RPN for two-stage models) read levels of the same strides and have the same
+    anchors per location, so that their per-level predictions correspond one to one."""
+    strides = [
+        [spec.feature_shapes[f].stride for f in spec.head_in_features]
+        for spec in (student, teacher)
+    ]
+    if strides[0] != strides[1]:
+        raise ValueError(
+            f"{name} needs the same head levels in teacher and student: the teacher's head reads "
+            f"{teacher.head_in_features} (strides {strides[1]}), the student's "
+            f"{student.head_in_features} (strides {strides[0]}). Align the heads' IN_FEATURES."
+        )
+    if student.num_anchors != teacher.num_anchors:
+        raise ValueError(
+            f"{name} needs the same anchors per location in teacher and student "
+            f"({teacher.num_anchors} vs {student.num_anchors}): align MODEL.ANCHOR_GENERATOR."
+        )
+
+
 class Distiller(nn.Module):
     """Base class of all distillers.
 
@@ -71,8 +112,20 @@ class Distiller(nn.Module):
     event storage (``get_event_storage().put_scalar``), not into the returned dict.
     """
 
-    #: "dense", "rcnn" or "any": the detector kinds the distiller supports.
-    supported_kinds = ("dense", "rcnn")
+    #: the detector kinds the distiller supports: "dense" (one-stage) and/or "rcnn" (two-stage).
+    supported_kinds: Tuple[str, ...] = ("dense", "rcnn")
+    #: detector classes (``ModelSpec.arch``: "FCOS", "RetinaNet", "GFL", "GeneralizedRCNN") the
+    #: distiller supports, when narrower than ``supported_kinds``; None: every detector of those
+    #: kinds that has what it needs.
+    supported_archs: Optional[Tuple[str, ...]] = None
+    #: what the wrapper must compute for this distiller beyond the default capture (a subset of
+    #: ``KNOWN_NEEDS``); see the module docstring.
+    needs: FrozenSet[str] = frozenset()
+    #: loss names that are zero when teacher and student compute the same outputs.
+    vanishing_terms: Tuple[str, ...] = ()
+    #: the yacs key listing the levels or stages the distiller reads (e.g.
+    #: "MODEL.KD.FITNET.IN_FEATURES"); None when it reads the levels of the detectors' heads.
+    level_key: Optional[str] = None
 
     def forward(
         self,
@@ -100,7 +153,8 @@ def build_distillers(
 
     Raises:
         KeyError: an unknown name, with the list of registered ones.
-        ValueError: a distiller that does not support the detector kind, or a repeated name.
+        ValueError: a distiller that does not support the detector kind or class, or a repeated
+            name. Errors raised by a distiller's own checks are re-raised with its name in front.
     """
     if len(set(names)) != len(names):
         raise ValueError(f"MODEL.KD.DISTILLERS has a repeated name: {list(names)}")
@@ -117,5 +171,28 @@ def build_distillers(
                 f"Distiller '{name}' supports {cls.supported_kinds} detectors, but the student "
                 f"{student.arch} is '{student.kind}'."
             )
-        out[name] = cls(cfg, student, teacher)
+        archs = cls.supported_archs
+        if archs is not None and not (student.is_a(archs) and teacher.is_a(archs)):
+            raise ValueError(
+                f"Distiller '{name}' supports the detectors {list(archs)}; the student is "
+                f"{student.arch} and the teacher {teacher.arch}."
+            )
+        unknown = set(cls.needs) - KNOWN_NEEDS
+        if unknown:
+            raise ValueError(f"Distiller '{name}' declares unknown needs {sorted(unknown)}")
+        try:
+            out[name] = cls(cfg, student, teacher)
+        except (ValueError, KeyError, TypeError) as e:
+            message = str(e.args[0]) if e.args else str(e)
+            if name in message:
+                raise
+            raise type(e)(f"Distiller '{name}': {message}") from e
+    return out
+
+
+def distiller_needs(distillers: Iterable[Distiller]) -> FrozenSet[str]:
+    """The union of the ``needs`` of ``distillers``."""
+    out: FrozenSet[str] = frozenset()
+    for d in distillers:
+        out = out | frozenset(d.needs)
     return out

@@ -13,7 +13,13 @@ from torch import Tensor, nn
 
 from ..connectors import build_adapter
 from ..outputs import DetectorOutputs, ModelSpec
-from .base import KD_DISTILLER_REGISTRY, Distiller, cat_dense_levels, check_features
+from .base import (
+    KD_DISTILLER_REGISTRY,
+    Distiller,
+    cat_dense_levels,
+    check_features,
+    check_same_head_levels,
+)
 
 __all__ = ["FitNet", "LogitKD", "sigmoid_kd_loss", "softmax_kd_loss"]
 
@@ -34,6 +40,9 @@ class FitNet(Distiller):
     ``loss_kd_fitnet = w * mean_l mean((adapter_l(S_l) - T_l)^2)``: the mean squared error over
     all elements of each level, averaged over the levels.
     """
+
+    vanishing_terms = ("loss_kd_fitnet",)
+    level_key = "MODEL.KD.FITNET.IN_FEATURES"
 
     @configurable
     def __init__(
@@ -129,6 +138,8 @@ class LogitKD(Distiller):
     the same boxes.
     """
 
+    vanishing_terms = ("loss_kd_logit",)
+
     @configurable
     def __init__(self, *, num_classes: int, temperature: float = 2.0, loss_weight: float = 1.0):
         """
@@ -144,11 +155,8 @@ class LogitKD(Distiller):
 
     @classmethod
     def from_config(cls, cfg, student: ModelSpec, teacher: ModelSpec):
-        if student.kind == "dense" and student.num_anchors != teacher.num_anchors:
-            raise ValueError(
-                f"LogitKD needs the same anchors per location in teacher and student "
-                f"({teacher.num_anchors} vs {student.num_anchors}): align MODEL.ANCHOR_GENERATOR."
-            )
+        if student.kind == "dense":
+            check_same_head_levels("LogitKD", student, teacher)
         return {
             "num_classes": student.num_classes,
             "temperature": cfg.MODEL.KD.LOGIT.TEMPERATURE,

@@ -24,7 +24,7 @@ from torch import Tensor
 from ...config.defaults import register_kd_config_hook
 from ..detectors.atss import atss_match, pairwise_diou
 from ..outputs import DetectorOutputs, ModelSpec
-from .base import KD_DISTILLER_REGISTRY, Distiller, cat_dense_levels
+from .base import KD_DISTILLER_REGISTRY, Distiller, cat_dense_levels, check_same_head_levels
 
 __all__ = ["LD", "add_ld_config", "kd_cls_loss", "ld_edge_loss", "vlr_weights"]
 
@@ -134,6 +134,8 @@ class LD(Distiller):
     """
 
     supported_kinds = ("dense",)
+    supported_archs = ("GFL",)
+    vanishing_terms = ("loss_kd_ld_main", "loss_kd_ld_vlr", "loss_kd_ld_cls")
 
     @configurable
     def __init__(
@@ -199,15 +201,7 @@ class LD(Distiller):
                 f"LD: the teacher has {teacher.num_classes} classes, the student "
                 f"{student.num_classes}: set MODEL.GFL.NUM_CLASSES to the teacher's."
             )
-        strides = [
-            [spec.feature_shapes[f].stride for f in spec.head_in_features]
-            for spec in (student, teacher)
-        ]
-        if strides[0] != strides[1]:
-            raise ValueError(
-                f"LD needs the same head levels in teacher and student: strides {strides[1]} "
-                f"(teacher) vs {strides[0]} (student). Align MODEL.GFL.IN_FEATURES."
-            )
+        check_same_head_levels("LD", student, teacher)
         p = cfg.MODEL.KD.LD
         return {
             "atss_topk": cfg.MODEL.GFL.ATSS_TOPK,

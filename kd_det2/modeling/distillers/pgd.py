@@ -22,7 +22,7 @@ from ...config.defaults import register_kd_config_hook
 from ...ops import key_region_weights, pad_gt
 from ..connectors import build_adapter
 from ..outputs import DetectorOutputs, ModelSpec
-from .base import KD_DISTILLER_REGISTRY, Distiller, cat_dense_levels
+from .base import KD_DISTILLER_REGISTRY, Distiller, cat_dense_levels, check_same_head_levels
 
 __all__ = ["PGD", "add_pgd_config", "pgd_cls_terms", "pgd_cls_loss", "pgd_reg_loss"]
 
@@ -215,6 +215,7 @@ class PGD(Distiller):
     """
 
     supported_kinds = ("dense",)
+    vanishing_terms = ("loss_kd_pgd_cls", "loss_kd_pgd_reg")
 
     @configurable
     def __init__(
@@ -290,11 +291,7 @@ class PGD(Distiller):
                     f"reg towers; the {role} ({spec.arch}) has {sorted(spec.tower_channels)}. "
                     "Use a RetinaNet/FCOS-like student and teacher."
                 )
-        if student.num_anchors != teacher.num_anchors:
-            raise ValueError(
-                f"PGD needs the same anchors per location in teacher and student "
-                f"({teacher.num_anchors} vs {student.num_anchors}): align MODEL.ANCHOR_GENERATOR."
-            )
+        check_same_head_levels("PGD", student, teacher)
         if len(p.LEVEL_WEIGHTS) != len(student.head_in_features):
             raise ValueError(
                 f"MODEL.KD.PGD.LEVEL_WEIGHTS has {len(p.LEVEL_WEIGHTS)} entries but the head has "

@@ -9,10 +9,12 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import Instances
+from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 
 from ..distillers import Distiller, build_distillers
+from ..distillers.base import distiller_needs
 from ..outputs import DetectorOutputs, ModelSpec
 from ..teacher import build_teacher, freeze
 
@@ -64,6 +66,7 @@ class KDMetaArchBase(nn.Module):
         warmup_iters: int = 0,
         student_input_format: str = "BGR",
         teacher_input_format: str = "BGR",
+        grad_stats_period: int = 0,
     ):
         """
         Args:
@@ -73,6 +76,9 @@ class KDMetaArchBase(nn.Module):
             warmup_iters: KD losses are scaled by min(1, (iter + 1) / warmup_iters).
             student_input_format, teacher_input_format: "BGR" or "RGB"; the teacher's input is
                 channel-flipped when they differ.
+            grad_stats_period: every this many iterations (0: never), log the norms of the
+                gradients of the detection and KD losses on the student's parameters both reach,
+                and their ratio (see :meth:`put_grad_stats`).
         """
         super().__init__()
         self.student = student
@@ -82,7 +88,9 @@ class KDMetaArchBase(nn.Module):
                 f"Distillers {list(self.distillers)} need a teacher: set MODEL.KD.TEACHER.*"
             )
         self.teacher = freeze(teacher) if teacher is not None else None
+        self.needs = distiller_needs(self.distillers.values())
         self.warmup_iters = int(warmup_iters)
+        self.grad_stats_period = int(grad_stats_period)
         self.student_input_format = student_input_format
         self.teacher_input_format = teacher_input_format
         self.student_spec = self.describe(student, student_input_format)
@@ -136,6 +144,7 @@ class KDMetaArchBase(nn.Module):
             "warmup_iters": kd.WARMUP_ITERS,
             "student_input_format": cfg.INPUT.FORMAT,
             "teacher_input_format": t_format,
+            "grad_stats_period": kd.GRAD_STATS_PERIOD,
         }
 
     @staticmethod
@@ -184,8 +193,16 @@ class KDMetaArchBase(nn.Module):
         """Student forward: (its own detection losses, its captured tensors)."""
         raise NotImplementedError  # abstract
 
-    def teacher_step(self, batched_inputs: List[dict], student: DetectorOutputs) -> DetectorOutputs:
-        """Teacher forward (called under no_grad) on the student's inputs."""
+    def teacher_step(
+        self,
+        batched_inputs: List[dict],
+        student: DetectorOutputs,
+        gt_instances: Optional[List[Instances]] = None,
+    ) -> DetectorOutputs:
+        """Teacher forward on the student's inputs, called under no_grad; when a distiller needs
+        ``"teacher_losses"`` it is called with grad enabled and ``gt_instances``, and must then
+        also return the teacher's detection losses, differentiable with respect to its neck
+        features only (see :class:`DetectorOutputs`)."""
         raise NotImplementedError  # abstract
 
     def forward(self, batched_inputs: List[dict]):
@@ -195,10 +212,58 @@ class KDMetaArchBase(nn.Module):
         gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
         losses, student_out = self.student_step(batched_inputs, gt_instances)
         if len(self.distillers):
-            with torch.no_grad():
-                teacher_out = self.teacher_step(self.teacher_inputs(batched_inputs), student_out)
-            losses.update(self.distill(teacher_out, student_out, gt_instances))
+            inputs = self.teacher_inputs(batched_inputs)
+            if "teacher_losses" in self.needs:
+                with torch.enable_grad():
+                    teacher_out = self.teacher_step(inputs, student_out, gt_instances)
+            else:
+                with torch.no_grad():
+                    teacher_out = self.teacher_step(inputs, student_out)
+            kd_losses = self.distill(teacher_out, student_out, gt_instances)
+            self.put_grad_stats(losses, kd_losses)
+            losses.update(kd_losses)
         return losses
+
+    def put_grad_stats(self, det_losses: Dict[str, Tensor], kd_losses: Dict[str, Tensor]) -> None:
+        """Every ``grad_stats_period`` iterations, put into the event storage the gradient norms
+        of the detection losses (``kd_grad/det_norm``) and of the KD losses
+        (``kd_grad/kd_norm``) over the student parameters that both reach (the shared ones), their
+        ratio ``kd_grad/ratio``, and ``kd_grad/ratio/<loss name>`` for each KD loss.
+
+        Costs one backward per loss (plus two) in those iterations only. Single-process only:
+        skipped under distributed training.
+        """
+        period = self.grad_stats_period
+        if period <= 0 or not kd_losses or comm.get_world_size() > 1:
+            return
+        try:
+            storage = get_event_storage()
+        except AssertionError:
+            return
+        if storage.iter % period:
+            return
+        params = [p for p in self.student.parameters() if p.requires_grad]
+
+        def grads(loss: Tensor) -> List[Optional[Tensor]]:
+            if not loss.requires_grad:
+                return [None] * len(params)
+            return list(torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True))
+
+        def norm(gs: List[Optional[Tensor]], keep: List[bool]) -> float:
+            sq = [g.float().pow(2).sum() for g, k in zip(gs, keep) if k and g is not None]
+            return float(torch.stack(sq).sum().sqrt()) if sq else 0.0
+
+        g_det = grads(sum(det_losses.values()))
+        g_kd = grads(sum(kd_losses.values()))
+        shared = [a is not None and b is not None for a, b in zip(g_det, g_kd)]
+        det_norm, kd_norm = norm(g_det, shared), norm(g_kd, shared)
+        storage.put_scalar("kd_grad/det_norm", det_norm, smoothing_hint=False)
+        storage.put_scalar("kd_grad/kd_norm", kd_norm, smoothing_hint=False)
+        if det_norm > 0:
+            storage.put_scalar("kd_grad/ratio", kd_norm / det_norm, smoothing_hint=False)
+            for name, value in kd_losses.items():
+                ratio = norm(grads(value), shared) / det_norm
+                storage.put_scalar(f"kd_grad/ratio/{name}", ratio, smoothing_hint=False)
 
     def teacher_inputs(self, batched_inputs: List[dict]) -> List[dict]:
         """The student's inputs, channel-flipped when the teacher expects the other order."""

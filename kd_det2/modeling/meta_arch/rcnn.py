@@ -1,35 +1,19 @@
 """KD wrapper for two-stage detectors (detectron2 ``GeneralizedRCNN`` with standard RoI heads)."""
 
-from contextlib import contextmanager
-from typing import Dict, Tuple
+import contextlib
+from typing import Dict, List, Optional, Tuple
 
+import torch
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch.rcnn import GeneralizedRCNN
+from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
 from torch import Tensor, nn
 
-from ..outputs import DetectorOutputs, ModelSpec
-from ..recorders import ForwardRecorder
+from ..outputs import DetectionLossFn, DetectorOutputs, ModelSpec
+from ..recorders import ForwardRecorder, record_calls
 from .base import KDMetaArchBase
 
 __all__ = ["KDGeneralizedRCNN"]
-
-
-@contextmanager
-def _record_sampled_proposals(roi_heads: nn.Module, sink: list):
-    """Record what ``roi_heads.label_and_sample_proposals`` returns, without calling it twice
-    (it samples at random)."""
-    original = roi_heads.label_and_sample_proposals
-
-    def recording(*args, **kwargs):
-        sampled = original(*args, **kwargs)
-        sink.append(sampled)
-        return sampled
-
-    roi_heads.label_and_sample_proposals = recording
-    try:
-        yield sink
-    finally:
-        del roi_heads.label_and_sample_proposals  # back to the class's method
 
 
 @META_ARCH_REGISTRY.register()
@@ -71,6 +55,7 @@ class KDGeneralizedRCNN(KDMetaArchBase):
             tower_channels={"box_head": roi.box_head.output_shape.channels},
             num_anchors=pg.anchor_generator.num_cell_anchors[0],
             input_format=input_format,
+            arch_bases=tuple(c.__name__ for c in type(model).__mro__),
         )
 
     def student_step(
@@ -87,7 +72,7 @@ class KDGeneralizedRCNN(KDMetaArchBase):
         if not hasattr(model.backbone, "bottom_up"):
             del outputs["bottom_up"]
         rec = ForwardRecorder(model, outputs=outputs)
-        with rec, _record_sampled_proposals(model.roi_heads, []) as sampled:
+        with rec, record_calls(model.roi_heads, "label_and_sample_proposals") as sampled:
             features = model.backbone(images.tensor)
             proposals, proposal_losses = model.proposal_generator(images, features, gt_instances)
             _, detector_losses = model.roi_heads(images, features, proposals, gt_instances)
@@ -104,16 +89,45 @@ class KDGeneralizedRCNN(KDMetaArchBase):
             rpn={"objectness_logits": objectness, "anchor_deltas": anchor_deltas},
             roi={"cls_logits": cls_logits, "box_deltas": box_deltas},
             proposals=sampled[0],
+            model=model,
+            detection_loss_fn=_detection_loss_fn(model, sampled[0]),
         )
-        return {**detector_losses, **proposal_losses}, out
+        losses = {**detector_losses, **proposal_losses}
+        out.losses = dict(losses)
+        return losses, out
 
-    def teacher_step(self, batched_inputs, student: DetectorOutputs) -> DetectorOutputs:
+    def teacher_step(
+        self,
+        batched_inputs,
+        student: DetectorOutputs,
+        gt_instances: Optional[List[Instances]] = None,
+    ) -> DetectorOutputs:
+        """The teacher's captured tensors on the student's sampled proposals; with
+        ``gt_instances``, also its detection losses (RPN, and RoI heads on the student's sampled
+        proposals), differentiable with respect to its neck features (leaf tensors); the other
+        captured tensors are then detached."""
         model = self.teacher
+        with_losses = gt_instances is not None
         images = model.preprocess_image(batched_inputs)
         has_bottom_up = hasattr(model.backbone, "bottom_up")
         outputs = {"bottom_up": "backbone.bottom_up"} if has_bottom_up else {}
         with ForwardRecorder(model, outputs=outputs) as rec:
-            features = model.backbone(images.tensor)
+            with torch.no_grad() if with_losses else contextlib.nullcontext():
+                features = model.backbone(images.tensor)
+        if with_losses:
+            features = {k: v.detach().requires_grad_() for k, v in features.items()}
+        loss_fn = _detection_loss_fn(model, student.proposals)
+        losses = loss_fn(features, gt_instances) if with_losses else {}
+        grad = contextlib.nullcontext() if not with_losses else torch.no_grad()
+        with grad:
+            out = self._teacher_heads(model, images, features, student)
+        out.backbone = rec["bottom_up"][0] if has_bottom_up else features
+        out.losses, out.detection_loss_fn = losses, loss_fn
+        return out
+
+    @staticmethod
+    def _teacher_heads(model, images: ImageList, features, student: DetectorOutputs):
+        """The teacher's RPN head and RoI box head (on the student's sampled proposals)."""
         pg, roi = model.proposal_generator, model.roi_heads
         rpn_in = [features[f] for f in pg.in_features]
         objectness, anchor_deltas = pg.rpn_head(rpn_in)
@@ -124,11 +138,69 @@ class KDGeneralizedRCNN(KDMetaArchBase):
         cls_logits, box_deltas = roi.box_predictor(box_features)
         return DetectorOutputs(
             images=images,
-            backbone=rec["bottom_up"][0] if has_bottom_up else features,
+            backbone=features,
             features=features,
             head_in_features=list(pg.in_features),
             towers={"box_head": [box_features]},
             anchors=pg.anchor_generator(rpn_in),
             rpn={"objectness_logits": objectness, "anchor_deltas": anchor_deltas},
             roi={"cls_logits": cls_logits, "box_deltas": box_deltas},
+            model=model,
         )
+
+
+def _rpn_losses(pg: nn.Module, features: Dict[str, Tensor], targets: List[Instances]):
+    """detectron2 RPN losses of ``pg`` from neck features, against ``targets`` (anchors are
+    sampled as the RPN does in training)."""
+    levels = [features[f] for f in pg.in_features]
+    anchors = pg.anchor_generator(levels)
+    objectness, deltas = pg.rpn_head(levels)
+    objectness = [x.permute(0, 2, 3, 1).flatten(1) for x in objectness]  # (N, Hi*Wi*A)
+    box_dim = pg.anchor_generator.box_dim
+    deltas = [  # (N, A*B, Hi, Wi) -> (N, Hi*Wi*A, B)
+        x.view(x.shape[0], -1, box_dim, x.shape[-2], x.shape[-1])
+        .permute(0, 3, 4, 1, 2)
+        .flatten(1, -2)
+        for x in deltas
+    ]
+    gt_labels, gt_boxes = pg.label_and_sample_anchors(anchors, targets)
+    return pg.losses(anchors, objectness, gt_labels, deltas, gt_boxes)
+
+
+def _relabel_proposals(roi: nn.Module, proposals: List[Instances], targets: List[Instances]):
+    """The sampled proposal boxes, labelled against ``targets`` with the RoI heads' matcher
+    (deterministic: no sampling); unmatched and ignored proposals become background."""
+    out = []
+    k = roi.num_classes
+    for p, t in zip(proposals, targets):
+        q = Instances(p.image_size, proposal_boxes=p.proposal_boxes)
+        boxes = p.proposal_boxes.tensor
+        if len(t):
+            idx, lab = roi.proposal_matcher(pairwise_iou(t.gt_boxes, p.proposal_boxes))
+            cls = t.gt_classes[idx].clone()
+            cls[lab <= 0] = k
+            q.gt_classes, q.gt_boxes = cls, t.gt_boxes[idx]
+        else:
+            q.gt_classes = torch.full((len(p),), k, dtype=torch.long, device=boxes.device)
+            q.gt_boxes = Boxes(boxes.new_zeros(len(p), 4))
+        out.append(q)
+    return out
+
+
+def _detection_loss_fn(model, proposals: List[Instances]) -> DetectionLossFn:
+    """RPN losses + RoI box losses on the student's sampled ``proposals`` (relabelled against
+    the targets), from given neck features."""
+
+    def detection_losses(features: Dict[str, Tensor], targets: List[Instances]):
+        roi = model.roi_heads
+        labelled = _relabel_proposals(roi, proposals, targets)
+        pooled = roi.box_pooler(
+            [features[f] for f in roi.box_in_features], [p.proposal_boxes for p in labelled]
+        )
+        predictions = roi.box_predictor(roi.box_head(pooled))
+        return {
+            **_rpn_losses(model.proposal_generator, features, targets),
+            **roi.box_predictor.losses(predictions, labelled),
+        }
+
+    return detection_losses
