@@ -55,15 +55,32 @@ def log_once(log: logging.Logger, key: Tuple[str, str], level: int, msg: str, *a
     _LOGGED.add(key)
 
 
-def _check_open_image(im, path: str) -> None:
-    fmt = im.format
-    if fmt == "JPEG":
+def _orientation(im) -> Optional[int]:
+    """EXIF orientation, read without decoding the image (for PNG, from an eXIf chunk before the
+    image data); None when absent or malformed (detectron2 then ignores it too)."""
+    from PIL import Image
+
+    try:
+        if im.format == "PNG":
+            exif = Image.Exif()
+            if not im.info.get("exif"):
+                return None
+            exif.load(im.info["exif"])
+        else:
+            exif = im.getexif()
+        return exif.get(_EXIF_ORIENTATION)
+    except Exception:
+        return None
+
+
+def _check_complete(im, path: str) -> None:
+    if im.format == "JPEG":
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
             f.seek(max(f.tell() - _JPEG_TAIL, 0))
             if b"\xff\xd9" in f.read():
                 return
-    elif fmt == "PNG":
+    elif im.format == "PNG":
         im.verify()
         return
     im.load()
@@ -87,11 +104,8 @@ def check_image(path: str) -> Tuple[int, int]:
     try:
         with Image.open(path) as im:
             width, height = im.size
-            try:
-                orientation = im.getexif().get(_EXIF_ORIENTATION)
-            except Exception:  # a malformed EXIF block: detectron2 then ignores it as well
-                orientation = None
-            _check_open_image(im, path)
+            orientation = _orientation(im)
+            _check_complete(im, path)
     except UnidentifiedImageError as e:
         raise DatasetError(f"image {path} is not an image file PIL can read") from e
     except (OSError, SyntaxError, ValueError) as e:
