@@ -38,11 +38,12 @@ class DatasetError(ValueError):
     """Invalid dataset files; the message names the file(s) and what is wrong."""
 
 
-def file_list_message(what: str, paths: Sequence[str], limit: int = 5) -> str:
-    """``"{count} {what}: a, b, c (and N more)"``, listing at most ``limit`` paths."""
+def file_list_message(noun: str, paths: Sequence[str], suffix: str = "", limit: int = 5) -> str:
+    """``"{count} {noun}(s){suffix}: a, b, c (and N more)"``, listing at most ``limit`` paths."""
     shown = ", ".join(str(p) for p in paths[:limit])
     more = f" (and {len(paths) - limit} more)" if len(paths) > limit else ""
-    return f"{len(paths)} {what}: {shown}{more}"
+    plural = "" if len(paths) == 1 else "s"
+    return f"{len(paths)} {noun}{plural}{suffix}: {shown}{more}"
 
 
 def log_once(log: logging.Logger, key: Tuple[str, str], level: int, msg: str, *args) -> None:
@@ -107,7 +108,9 @@ def check_image(path: str) -> Tuple[int, int]:
             orientation = _orientation(im)
             _check_complete(im, path)
     except UnidentifiedImageError as e:
-        raise DatasetError(f"image {path} is not an image file PIL can read") from e
+        raise DatasetError(
+            f"image {path} is not recognised by PIL (not an image, or cut inside its header)"
+        ) from e
     except (OSError, SyntaxError, ValueError) as e:
         raise DatasetError(f"image {path} is truncated or corrupt ({e})") from e
     if orientation in (5, 6, 7, 8):
@@ -127,7 +130,7 @@ def check_images(paths: Sequence[str], dataset: str) -> List[Tuple[int, int]]:
             bad.append(str(e))
             sizes.append((0, 0))
     if bad:
-        raise DatasetError(f"{dataset}: " + file_list_message("unreadable images", bad))
+        raise DatasetError(f"{dataset}: " + file_list_message("unreadable image", bad))
     return sizes
 
 

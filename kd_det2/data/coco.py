@@ -119,7 +119,7 @@ def load_coco_dicts(json_file: str, image_root: str, dataset_name: str) -> List[
     files = [os.path.join(image_root, im["file_name"]) for im in data["images"]]
     missing = [f for f in files if not os.path.isfile(f)]
     if missing:
-        what = file_list_message(f"images of {json_file} missing under {image_root}", missing)
+        what = file_list_message("image", missing, f" of {json_file} missing under {image_root}")
         raise DatasetError(f"{dataset_name}: {what}")
     sizes: Dict[object, tuple] = {
         im["id"]: wh for im, wh in zip(data["images"], check_images(files, dataset_name))
@@ -158,7 +158,7 @@ def load_coco_dicts(json_file: str, image_root: str, dataset_name: str) -> List[
         )
     if mismatch:
         msg = "%s: the json's width/height differ from the image's size for %s; using the image's"
-        what = file_list_message("images", mismatch)
+        what = file_list_message("image", mismatch)
         log_once(logger, (dataset_name, "size"), logging.WARNING, msg, dataset_name, what)
     if not n_objects:
         raise DatasetError(

@@ -221,10 +221,10 @@ def load_voc_dicts(
     xml_files = [os.path.join(dirname, "Annotations", f"{i}.xml") for i in file_ids]
     missing = [p for p in xml_files if not os.path.isfile(p)]
     if missing:
-        raise DatasetError(f"{name}: " + file_list_message("annotation files missing", missing))
+        raise DatasetError(f"{name}: " + file_list_message("missing annotation file", missing))
     image_files, missing = _image_files(dirname, file_ids)
     if missing:
-        msg = file_list_message("images missing (.jpg or another image extension)", missing)
+        msg = file_list_message("missing image", missing, " (no .jpg or other image for the id)")
         raise DatasetError(f"{name}: {msg}")
     xmls = [parse_voc_xml(p) for p in xml_files]
     sizes = check_images(image_files, name)
@@ -277,7 +277,7 @@ def _report(name: str, dicts: List[dict], n_degenerate: int, unknown: dict, mism
             "%s: the <size> of %s differs from the image's size (after EXIF orientation); the "
             "image's size is used: check the boxes of these images"
         )
-        what = file_list_message("annotation files", mismatch)
+        what = file_list_message("annotation file", mismatch)
         log_once(logger, (name, "size"), logging.WARNING, msg, name, what)
     if n_negative == len(dicts):
         after = f" after skipping {' and '.join(skipped)}" if skipped else ""

@@ -181,10 +181,10 @@ def _break(root: str, case: str) -> str:
     [
         ("missing folder", "does not exist"),
         ("missing split", r"does not exist \(splits found in .*: \['negatives', 'test', 'train'\]"),
-        ("missing xml", "1 annotation files missing"),
-        ("missing image", "1 images missing"),
+        ("missing xml", "1 missing annotation file:"),
+        ("missing image", "1 missing image "),
         ("truncated jpeg", "truncated or corrupt"),
-        ("not an image", "not an image file"),
+        ("not an image", "not recognised by PIL"),
         ("bad xml", "cannot be parsed as XML"),
         ("box without coordinates", "has no numeric <bndbox>"),
         ("no objects", "none of its 1 images has an object"),
@@ -378,8 +378,6 @@ def _voc_train_cfg(voc_dir: str, tmp_path: Path, num_classes: int = 4):
 
 
 def test_kdtrainer_trains_and_evaluates_a_voc_folder(voc_dir: str, tmp_path: Path) -> None:
-    from detectron2.structures import Boxes, Instances
-
     from kd_det2.engine import KDTrainer
 
     cfg = _voc_train_cfg(voc_dir, tmp_path)
@@ -392,20 +390,43 @@ def test_kdtrainer_trains_and_evaluates_a_voc_folder(voc_dir: str, tmp_path: Pat
 
     # COCOEvaluator on the converted VOC split: GT boxes as predictions give AP 100
     test_name = cfg.DATASETS.TEST[0]
-    evaluator = KDTrainer.build_evaluator(cfg, test_name, str(tmp_path / "eval"))
-    evaluator.reset()
-    DatasetCatalog, MetadataCatalog = _catalog()
-
-    for d in DatasetCatalog.get(test_name):
-        inst = Instances((d["height"], d["width"]))
-        inst.pred_boxes = Boxes(torch.tensor([a["bbox"] for a in d["annotations"]]))
-        inst.scores = torch.ones(len(d["annotations"]))
-        inst.pred_classes = torch.tensor([a["category_id"] for a in d["annotations"]])
-        evaluator.process([{"image_id": d["image_id"]}], [{"instances": inst}])
-    assert evaluator.evaluate()["bbox"]["AP"] == pytest.approx(100.0)
-    converted = json.loads(Path(MetadataCatalog.get(test_name).json_file).read_text())
+    assert _ap_of_ground_truth(cfg, test_name, tmp_path) == pytest.approx(100.0)
+    converted = json.loads(Path(_catalog()[1].get(test_name).json_file).read_text())
     assert [c["name"] for c in converted["categories"]] == ["bird", "cat", "dog", "zebra"]
     assert len(converted["annotations"]) == 3  # zebra in d; dog and clipped cat in a
+
+
+def _ap_of_ground_truth(cfg, name: str, tmp_path: Path) -> float:
+    """AP of KDTrainer's COCOEvaluator on ``name`` when the predictions are its GT boxes."""
+    from detectron2.structures import Boxes, BoxMode, Instances
+
+    from kd_det2.engine import KDTrainer
+
+    evaluator = KDTrainer.build_evaluator(cfg, name, str(tmp_path / "eval"))
+    evaluator.reset()
+    for d in _catalog()[0].get(name):
+        boxes = [
+            BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in d["annotations"]
+        ]
+        inst = Instances((d["height"], d["width"]))
+        inst.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
+        inst.scores = torch.ones(len(boxes))
+        inst.pred_classes = torch.tensor([a["category_id"] for a in d["annotations"]])
+        evaluator.process([{"image_id": d["image_id"]}], [{"instances": inst}])
+    return evaluator.evaluate()["bbox"]["AP"]
+
+
+def test_coco_evaluator_maps_category_ids_back(tmp_path: Path) -> None:
+    annotations = [
+        {"id": 1, "image_id": 10, "category_id": 7, "bbox": [5, 6, 10, 12], "area": 120},
+        {"id": 2, "image_id": 11, "category_id": 3, "bbox": [20, 8, 30, 30], "area": 900},
+    ]
+    for a in annotations:
+        a["iscrowd"] = 0
+    data = _coco(tmp_path, str(tmp_path), annotations=annotations)
+    name = f"coco:{_write_json(tmp_path / 'a.json', data)}"
+    prepare_dataset(name)  # category ids 7 and 3 become 1 and 0; evaluation maps them back
+    assert _ap_of_ground_truth(tiny_cfg(), name, tmp_path) == pytest.approx(100.0)
 
 
 def test_too_few_classes_fail_before_training(voc_dir: str, tmp_path: Path) -> None:
