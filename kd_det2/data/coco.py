@@ -129,6 +129,8 @@ def load_coco_dicts(json_file: str, image_root: str, dataset_name: str) -> List[
         im.setdefault("height", sizes[im["id"]][1])
     api = _coco_api(data)
     try:
+        # load_coco_json imports pycocotools' COCO when called: hand it the index of the json
+        # parsed above instead of letting it parse the file a second time
         with mock.patch("pycocotools.coco.COCO", lambda *args, **kwargs: api):
             dicts = load_coco_json(json_file, image_root, dataset_name)
     except (AssertionError, KeyError, ValueError) as e:
