@@ -99,7 +99,7 @@ def kd_cfg(
     teacher_fpn=64,
     distillers=("FitNet", "LogitKD"),
     teacher_weights=None,
-    **teacher_kw
+    **teacher_kw,
 ):
     """A KD config: tiny student + tiny teacher written to `tmp_path/teacher.yaml`."""
     teacher = tiny_cfg(arch, teacher_depth, teacher_fpn, **teacher_kw)
@@ -152,6 +152,41 @@ def catalog_without(names):
                 DatasetCatalog.data[n] = func
             if meta is not None:
                 MetadataCatalog.data[n] = meta
+
+
+def write_voc_xml(path, width, height, objects):
+    """A VOC annotation file: <size> (omitted when width is None) and one <object> per
+    (name, xmin, ymin, xmax, ymax)."""
+    objs = "".join(
+        f"<object><name>{n}</name><difficult>0</difficult><bndbox><xmin>{x0}</xmin>"
+        f"<ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
+        for n, x0, y0, x1, y1 in objects
+    )
+    size = "" if width is None else f"<size><width>{width}</width><height>{height}</height></size>"
+    with open(path, "w") as f:
+        f.write(f"<annotation><filename>x.jpg</filename>{size}{objs}</annotation>")
+
+
+def write_voc(root, images, splits, labels=None):
+    """A tiny VOC folder in ``root``: ``images`` maps an id to (width, height, objects); each id
+    gets ``Annotations/<id>.xml`` and a JPEG of that size; ``splits`` maps a split name to its
+    ids (``ImageSets/Main/<split>.txt``); ``labels`` (a list) is written to labels.txt."""
+    from PIL import Image
+
+    root = str(root)
+    for sub in ("Annotations", "JPEGImages", os.path.join("ImageSets", "Main")):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    for i, (image_id, (width, height, objects)) in enumerate(images.items()):
+        write_voc_xml(os.path.join(root, "Annotations", f"{image_id}.xml"), width, height, objects)
+        image = Image.new("RGB", (width, height), (40 * i % 255, 90, 160))
+        image.save(os.path.join(root, "JPEGImages", f"{image_id}.jpg"), quality=90)
+    for split, ids in splits.items():
+        with open(os.path.join(root, "ImageSets", "Main", f"{split}.txt"), "w") as f:
+            f.write("".join(f"{i}\n" for i in ids))
+    if labels is not None:
+        with open(os.path.join(root, "labels.txt"), "w") as f:
+            f.write("".join(f"{n}\n" for n in labels))
+    return root
 
 
 @pytest.fixture

@@ -8,6 +8,9 @@ For each detector family the ``--methods`` need (FCOS for pgd/fitnet, GFL for th
    of ``--methods`` (default: pgd),
 3. evaluates them with COCOEvaluator on ``kd_shapes_val`` and prints one table.
 
+Other data: ``DATASETS.TRAIN "('voc:<dir>:trainval',)" DATASETS.TEST "('voc:<dir>:test',)"`` (or
+``coco:<file.json>`` names) as overrides; NUM_CLASSES then follows the training set's classes.
+
     python tools/demo.py [--methods pgd,fitnet,ld,ld-main,ld-main-vlr,gfl-fitnet]
                          [--student-iters N] [--teacher-iters N] [--seed S] [--output DIR]
                          [--force-teacher] [KEY VALUE ...]
@@ -21,13 +24,15 @@ import sys
 import time
 from typing import Dict, List, Optional, Tuple
 
+from detectron2.data import MetadataCatalog
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
 import kd_det2  # noqa: F401  (registers everything)
 from kd_det2.config import get_kd_cfg
-from kd_det2.engine import KDTrainer
+from kd_det2.data import prepare_dataset
+from kd_det2.engine import KDTrainer, num_classes_setting
 
 logger = logging.getLogger("kd_det2.demo")
 
@@ -53,11 +58,31 @@ METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 def load_cfg(name: str, opts: List[str]):
-    """A demo config from projects/demo with overrides."""
+    """A demo config from projects/demo with overrides, fitted to its training set's classes."""
     cfg = get_kd_cfg()
     cfg.merge_from_file(os.path.join(DEMO_DIR, name))
     cfg.merge_from_list(opts)
+    fit_num_classes(cfg)
     return cfg
+
+
+def fit_num_classes(cfg) -> None:
+    """Set the detector's NUM_CLASSES (and the teacher's, through ``MODEL.KD.TEACHER.OPTS``) to
+    the class count of ``DATASETS.TRAIN[0]``, so that the demo runs on any dataset name
+    (``voc:<dir>:<split>``, ``coco:<file.json>``, ...) given on its command line."""
+    setting = num_classes_setting(cfg)
+    if setting is None or not cfg.DATASETS.TRAIN:
+        return
+    key, num_classes = setting
+    name = cfg.DATASETS.TRAIN[0]
+    prepare_dataset(name)
+    classes = MetadataCatalog.get(name).get("thing_classes")
+    if classes is None or len(classes) == num_classes:
+        return
+    logger.info(f"{key} set to {len(classes)}: the classes of {name}")
+    cfg.merge_from_list([key, len(classes)])
+    if cfg.MODEL.KD.DISTILLERS:
+        cfg.MODEL.KD.TEACHER.OPTS = list(cfg.MODEL.KD.TEACHER.OPTS) + [key, str(len(classes))]
 
 
 def backbone_name(cfg) -> str:
@@ -199,7 +224,8 @@ def main(argv=None) -> None:
     rows = run(args)
     table = tabulate(rows, headers="keys", tablefmt="pipe", floatfmt=".2f")
     total = time.perf_counter() - start
-    print("\nkd_det2 demo on kd_shapes_val (COCO bbox metrics, %)\n", flush=True)
+    test_sets = ", ".join(load_cfg(FAMILIES["FCOS"][1], args.opts).DATASETS.TEST)
+    print(f"\nkd_det2 demo on {test_sets} (COCO bbox metrics, %)\n", flush=True)
     print(table)
     print(f"\ntotal wall time {total:.0f} s", flush=True)
     out_dir = args.output or os.path.join("output", "demo")

@@ -8,8 +8,11 @@
 
 The config defines ``model``, ``dataloader`` (``train``, ``test``, ``evaluator``), ``optimizer``,
 ``lr_multiplier`` and ``train`` (keys of detectron2's ``configs/common/train.py``); trailing
-``a.b=c`` arguments override it. Works for KD wrappers and plain detectors alike. Accepts
-detectron2's usual flags; without a GPU, --num-gpus N starts N CPU processes (GLOO).
+``a.b=c`` arguments override it. Dataset names may be paths (docs/DATA.md), e.g.
+``dataloader.train.dataset.names=voc:datasets/VOC2007:trainval`` (quote the value, as in
+``'...names="voc:~/VOC:train"'``, when it holds characters such as ``~`` or spaces). Works for
+KD wrappers and plain detectors alike. Accepts detectron2's usual flags; without a GPU,
+--num-gpus N starts N CPU processes (GLOO).
 
 ``--eval-only`` evaluates ``train.init_checkpoint`` (or, with --resume, the last checkpoint of
 ``train.output_dir``). A KD wrapper is then built without its teacher: ``model.teacher`` is set to
@@ -27,7 +30,7 @@ from detectron2.utils.logger import setup_logger
 from omegaconf import OmegaConf
 
 import kd_det2  # noqa: F401  (registers meta-architectures, distillers, datasets)
-from kd_det2.data import prepare_dataset
+from kd_det2.data import prepare_datasets
 from kd_det2.engine import KDCheckpointer, create_ddp_model, has_compiled_ops, run_cli
 
 logger = logging.getLogger("kd_det2")
@@ -55,6 +58,9 @@ def setup(args):
     evaluator = cfg.dataloader.get("evaluator")
     if _is_coco_evaluator(evaluator) and not has_compiled_ops():
         evaluator.use_fast_impl = False  # pure-Python COCO evaluation without detectron2._C
+    test_names = dataset_names(cfg, "dataloader.test.dataset.names")
+    if _is_coco_evaluator(evaluator) and any(n.startswith("voc:") for n in test_names):
+        evaluator.allow_cached_coco = False  # VOC files may have been corrected since last run
     if args.eval_only and "teacher" in cfg.model and "distillers" in cfg.model:
         cfg.model.teacher = None
         cfg.model.distillers = {}
@@ -64,15 +70,13 @@ def setup(args):
 
 
 def prepare_data(cfg, train: bool = True) -> None:
-    """Generate the embedded datasets named by ``cfg.dataloader`` on the main process, once."""
-    keys = ["dataloader.test.dataset.names"]
+    """Prepare the datasets named by ``cfg.dataloader`` (see :func:`kd_det2.data.prepare_datasets`):
+    ``voc:``/``coco:`` names registered in every process, checked on the main process, embedded
+    datasets generated there."""
+    names = dataset_names(cfg, "dataloader.test.dataset.names")
     if train:
-        keys.append("dataloader.train.dataset.names")
-    if comm.is_main_process():
-        for key in keys:
-            for name in dataset_names(cfg, key):
-                prepare_dataset(name)
-    comm.synchronize()
+        names = dataset_names(cfg, "dataloader.train.dataset.names") + names
+    prepare_datasets(names)
 
 
 def do_test(cfg, model):

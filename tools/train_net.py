@@ -5,6 +5,9 @@
     python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/model_final.pth
     python tools/train_net.py --config-file CFG --resume     # continue an interrupted run
 
+Datasets may be given by path (see docs/DATA.md), e.g.
+    DATASETS.TRAIN "('voc:datasets/VOC2007:trainval',)" DATASETS.TEST "('coco:val.json:val',)"
+
 Accepts detectron2's usual flags (--num-gpus, --num-machines, --machine-rank, --dist-url,
 --resume, --eval-only) and trailing "KEY VALUE" overrides. Works for plain detectors too.
 Without a GPU, --num-gpus N starts N CPU processes (GLOO).

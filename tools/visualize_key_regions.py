@@ -58,7 +58,11 @@ def level_maps(maps: List[torch.Tensor], padded_h: int, size, index: int) -> Lis
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config-file", required=True, help="a KD config with the PGD distiller")
-    parser.add_argument("--dataset", default="kd_shapes_val", help="registered dataset name")
+    parser.add_argument(
+        "--dataset",
+        default="kd_shapes_val",
+        help="registered dataset name, or voc:<dir>:<split> or coco:<file.json>[:<image folder>]",
+    )
     parser.add_argument("--indices", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--output", default="output/key_regions")
     parser.add_argument("--scale", type=int, default=3, help="enlargement of each panel")

@@ -3,8 +3,10 @@
 from .checkpoint import KDCheckpointer, is_kd_checkpoint, unwrap
 from .trainer import (
     KDTrainer,
+    check_num_classes,
     create_ddp_model,
     has_compiled_ops,
+    num_classes_setting,
     prepare_datasets,
     run_cli,
     without_teacher,
@@ -13,9 +15,11 @@ from .trainer import (
 __all__ = [
     "KDCheckpointer",
     "KDTrainer",
+    "check_num_classes",
     "create_ddp_model",
     "has_compiled_ops",
     "is_kd_checkpoint",
+    "num_classes_setting",
     "prepare_datasets",
     "run_cli",
     "unwrap",

@@ -3,7 +3,7 @@
 import logging
 import os
 import weakref
-from typing import Optional
+from typing import Optional, Tuple
 from unittest import mock
 
 import torch
@@ -15,13 +15,16 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
-from ..data.shapes import prepare_dataset
+from ..data import prepare_dataset
+from ..data import prepare_datasets as prepare_dataset_names
 from .checkpoint import KDCheckpointer
 
 __all__ = [
     "KDTrainer",
+    "check_num_classes",
     "create_ddp_model",
     "has_compiled_ops",
+    "num_classes_setting",
     "prepare_datasets",
     "without_teacher",
 ]
@@ -57,11 +60,58 @@ def create_ddp_model(model, *, fp16_compression: bool = False, **kwargs):
 
 
 def prepare_datasets(cfg) -> None:
-    """Generate embedded datasets named in ``cfg.DATASETS`` on the main process, once."""
-    if comm.is_main_process():
-        for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
-            prepare_dataset(name)
-    comm.synchronize()
+    """Make the datasets of ``cfg.DATASETS`` usable before training: register ``voc:``/``coco:``
+    names in every process; generate embedded datasets and check path datasets on the main
+    process, once (see :func:`kd_det2.data.prepare_datasets`); then :func:`check_num_classes`."""
+    prepare_dataset_names(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+    check_num_classes(cfg)
+
+
+#: student meta-architecture -> config node of its NUM_CLASSES
+_NUM_CLASSES_NODE = {
+    "FCOS": "FCOS",
+    "GFL": "GFL",
+    "RetinaNet": "RETINANET",
+    "GeneralizedRCNN": "ROI_HEADS",
+}
+
+
+def num_classes_setting(cfg) -> Optional[Tuple[str, int]]:
+    """(key, value) of the config key that sets the (student) detector's class count, e.g.
+    ``("MODEL.FCOS.NUM_CLASSES", 80)``; None for meta-architectures this table does not know."""
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if arch.startswith("KD"):
+        arch = cfg.MODEL.KD.STUDENT_META_ARCHITECTURE
+    node = _NUM_CLASSES_NODE.get(arch)
+    if node is None:
+        return None
+    return f"MODEL.{node}.NUM_CLASSES", int(cfg.MODEL[node].NUM_CLASSES)
+
+
+def check_num_classes(cfg) -> None:
+    """Raise a ValueError when a training set has more classes than the detector predicts.
+
+    Compares ``len(thing_classes)`` of each ``DATASETS.TRAIN`` entry (when its metadata has
+    them) with the detector's NUM_CLASSES, so that the error comes before training instead of
+    an index error in the first loss; fewer dataset classes than NUM_CLASSES only warns.
+    """
+    from detectron2.data import MetadataCatalog
+
+    setting = num_classes_setting(cfg)
+    if setting is None:
+        return
+    key, num_classes = setting
+    for name in cfg.DATASETS.TRAIN:
+        classes = MetadataCatalog.get(name).get("thing_classes")
+        if classes is None or len(classes) == num_classes:
+            continue
+        msg = (
+            f"dataset '{name}' has {len(classes)} classes {list(classes)[:10]} but "
+            f"{key} is {num_classes}"
+        )
+        if len(classes) > num_classes:
+            raise ValueError(f"{msg}: set {key} {len(classes)}")
+        logger.warning(f"{msg}: {num_classes - len(classes)} classes of the model are unused")
 
 
 class KDTrainer(DefaultTrainer):
@@ -73,7 +123,9 @@ class KDTrainer(DefaultTrainer):
       into the student; ``--resume`` restores student, adapters, optimizer and iteration.
     * COCOEvaluator for every test set (pure-Python COCO evaluation when ``detectron2._C`` is
       not importable).
-    * Embedded datasets are generated before the data loaders are built.
+    * Datasets are prepared before the data loaders are built (:func:`prepare_datasets`):
+      ``voc:<dir>:<split>`` and ``coco:<file.json>[:<image folder>]`` names are registered and
+      checked, embedded datasets generated, the class count checked against NUM_CLASSES.
     """
 
     def __init__(self, cfg):
@@ -95,10 +147,16 @@ class KDTrainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name: str, output_folder: Optional[str] = None):
+        """COCOEvaluator; datasets without a COCO json (VOC folders) are converted by
+        detectron2 into ``output_folder``, afresh for ``voc:`` names (their files may have been
+        corrected since the last run)."""
         prepare_dataset(dataset_name)
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
         return COCOEvaluator(
-            dataset_name, output_dir=output_folder, use_fast_impl=has_compiled_ops()
+            dataset_name,
+            output_dir=output_folder,
+            use_fast_impl=has_compiled_ops(),
+            allow_cached_coco=not dataset_name.startswith("voc:"),
         )
 
     @classmethod

@@ -3,52 +3,31 @@
 import logging
 import os
 from pathlib import Path
-from typing import Iterator, List, Tuple
+from typing import Iterator
 
 import pytest
-from conftest import catalog_without
+from conftest import catalog_without, write_voc
 
 from kd_det2.data import voc
-from kd_det2.data.voc import BCCD_CLASSES, find_bccd_root, load_voc_dicts, register_bccd
+from kd_det2.data.voc import BCCD_CLASSES, find_bccd_root, load_bccd_dicts, register_bccd
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BCCD_PATH = os.environ.get("KD_DET2_BCCD", str(REPO_ROOT.parent / "shared" / "datasets" / "BCCD"))
-
-Box = Tuple[str, int, int, int, int]
-
-
-def _write_xml(path: Path, width: int, height: int, objects: List[Box]) -> None:
-    objs = "".join(
-        f"<object><name>{n}</name><difficult>0</difficult><bndbox><xmin>{x0}</xmin>"
-        f"<ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
-        for n, x0, y0, x1, y1 in objects
-    )
-    size = f"<size><width>{width}</width><height>{height}</height><depth>3</depth></size>"
-    path.write_text(f"<annotation><filename>{path.stem}.jpg</filename>{size}{objs}</annotation>")
 
 
 @pytest.fixture
 def tiny_voc(tmp_path: Path) -> str:
     """A two-image VOC folder with one degenerate box and one box past the image border."""
-    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (tmp_path / sub).mkdir(parents=True)
-    _write_xml(
-        tmp_path / "Annotations" / "img_a.xml",
-        100,
-        80,
-        [(" rbc ", 11, 21, 30, 40), ("WBC", 50, 50, 50, 60), ("Platelets", 90, 70, 130, 95)],
-    )
-    _write_xml(tmp_path / "Annotations" / "img_b.xml", 100, 80, [("PLATELET", 1, 1, 10, 10)])
-    (tmp_path / "ImageSets" / "Main" / "train.txt").write_text("img_a\nimg_b\n")
-    (tmp_path / "ImageSets" / "Main" / "val.txt").write_text("img_b\n")
-    return str(tmp_path)
+    objects_a = [(" rbc ", 11, 21, 30, 40), ("WBC", 50, 50, 50, 60), ("Platelets", 90, 70, 130, 95)]
+    images = {"img_a": (100, 80, objects_a), "img_b": (100, 80, [("PLATELET", 1, 1, 10, 10)])}
+    return write_voc(tmp_path, images, {"train": ["img_a", "img_b"], "val": ["img_b"]})
 
 
 def test_load_clip_skip_and_normalise(tiny_voc: str, caplog: pytest.LogCaptureFixture) -> None:
     from detectron2.structures import BoxMode
 
     with caplog.at_level(logging.WARNING, logger=voc.__name__):
-        dicts = load_voc_dicts(tiny_voc, "train")
+        dicts = load_bccd_dicts(tiny_voc, "train")
     assert len(dicts) == 2
     a, b = dicts
     assert a["file_name"] == os.path.join(tiny_voc, "JPEGImages", "img_a.jpg")
@@ -63,18 +42,17 @@ def test_load_clip_skip_and_normalise(tiny_voc: str, caplog: pytest.LogCaptureFi
     assert len(warnings) == 1 and "skipped 1 degenerate" in warnings[0].getMessage()
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger=voc.__name__):
-        load_voc_dicts(tiny_voc, "train")  # reported once per split only
+        load_bccd_dicts(tiny_voc, "train")  # reported once per split only
     assert not caplog.records
 
 
 def test_box_fully_outside_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (tmp_path / sub).mkdir(parents=True)
-    _write_xml(tmp_path / "Annotations" / "x.xml", 50, 50, [("RBC", 60, 5, 70, 20)])
-    (tmp_path / "ImageSets" / "Main" / "test.txt").write_text("x\n")
+    write_voc(
+        tmp_path, {"x": (50, 50, [("RBC", 60, 5, 70, 20), ("RBC", 5, 5, 20, 20)])}, {"test": ["x"]}
+    )
     with caplog.at_level(logging.WARNING, logger=voc.__name__):
-        (d,) = load_voc_dicts(str(tmp_path), "test")
-    assert d["annotations"] == []
+        (d,) = load_bccd_dicts(str(tmp_path), "test")
+    assert [a["bbox"] for a in d["annotations"]] == [[4.0, 4.0, 20.0, 20.0]]
     assert "skipped 1 degenerate" in caplog.text
 
 
@@ -110,7 +88,7 @@ def test_missing_root_registers_nothing(tmp_path: Path, clean_bccd_names: None) 
 def test_real_bccd() -> None:
     counts = {}
     for split in ("train", "val"):
-        dicts = load_voc_dicts(BCCD_PATH, split)
+        dicts = load_bccd_dicts(BCCD_PATH, split)
         counts[split] = len(dicts)
         for d in dicts:
             assert (d["width"], d["height"]) == (640, 480)

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+from conftest import write_voc
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = [
     "DATASETS.TRAIN", "('kd_shapes_mini_train',)",
@@ -35,3 +37,16 @@ def test_demo_ld_trains_the_gfl_family_and_caches_its_teacher(tmp_path):
     assert os.path.isfile(os.path.join(tmp_path, "out", "teacher_gfl", "model_final.pth"))
     again = _demo(str(tmp_path), "ld-main")
     assert "GFL teacher checkpoint and config unchanged" in again
+
+
+def test_demo_fits_num_classes_to_the_training_set(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    try:
+        import demo
+    finally:
+        sys.path.remove(os.path.join(ROOT, "tools"))
+    objects = [("x", 1, 1, 20, 20), ("y", 5, 5, 30, 30)]
+    root = write_voc(tmp_path, {"a": (64, 48, objects)}, {"train": ["a"]})
+    cfg = demo.load_cfg("fcos_R_18_pgd.yaml", ["DATASETS.TRAIN", f"('voc:{root}:train',)"])
+    assert cfg.MODEL.FCOS.NUM_CLASSES == 2
+    assert list(cfg.MODEL.KD.TEACHER.OPTS)[-2:] == ["MODEL.FCOS.NUM_CLASSES", "2"]
