@@ -3,6 +3,7 @@
 import pytest
 import torch
 from conftest import kd_cfg, make_batch
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.modeling.box_regression import Box2BoxTransformLinear
@@ -290,7 +291,7 @@ def test_config_errors(tmp_path):
         arch="RetinaNet",
         num_classes=K,
         backbone_shapes={},
-        feature_shapes={},
+        feature_shapes={f"p{i}": ShapeSpec(channels=4, stride=2**i) for i in range(3, 8)},
         head_in_features=["p3", "p4", "p5", "p6", "p7"],
         tower_channels={"cls": 4, "reg": 4},
         box2box_transform=Box2BoxTransformLinear(),

@@ -24,7 +24,14 @@ from ..connectors import build_adapter
 from ..outputs import DetectorOutputs, ModelSpec
 from .base import KD_DISTILLER_REGISTRY, Distiller, cat_dense_levels, check_same_head_levels
 
-__all__ = ["PGD", "add_pgd_config", "pgd_cls_terms", "pgd_cls_loss", "pgd_reg_loss"]
+__all__ = [
+    "PGD",
+    "add_pgd_config",
+    "pgd_cls_terms",
+    "pgd_cls_loss",
+    "pgd_reg_loss",
+    "pgd_reg_terms",
+]
 
 _EPS = 1e-10
 #: MODEL.KD.PGD keys passed to ``PGD.__init__`` as the lower-case keyword of the same name.
@@ -157,6 +164,36 @@ def pgd_cls_loss(
     return level_weight * (alpha * fg_term + beta * bg_term) + delta * att
 
 
+def pgd_reg_terms(
+    student: Tensor, teacher: Tensor, weight: Tensor, temperature: float
+) -> Tuple[Tensor, Tensor]:
+    """The two terms of PGD's regression-feature loss at one level, on the key regions
+    P = {W^reg > 0}.
+
+    Args:
+        student, teacher: (N, C, H, W) features; weight: (N, 1, H, W) W^reg.
+
+    Returns:
+        (L_rf, L_ra), scalars in float32:
+        ``L_rf = 1/|P| sum_p W_p mean_c A^C_T (F_S - F_T)^2`` and
+        ``L_ra = 1/|P| sum_p sum_c |A^C_S - A^C_T|`` (A^C = C softmax_c(|F| / T));
+        both 0 (still depending on ``student``) when P is empty.
+    """
+    c = student.shape[1]
+    pos = weight.reshape(-1) > 0  # (N*H*W,)
+    if not bool(pos.any()):
+        zero = student.float().sum() * 0.0
+        return zero, zero
+    s = student.float().permute(0, 2, 3, 1).reshape(-1, c)[pos]  # (|P|, C)
+    t = teacher.detach().float().permute(0, 2, 3, 1).reshape(-1, c)[pos]
+    w = weight.float().reshape(-1)[pos]
+    ch_t = c * F.softmax(t.abs() / temperature, dim=1)
+    ch_s = c * F.softmax(s.abs() / temperature, dim=1)
+    feat = (((s - t) ** 2 * ch_t).mean(dim=1) * w).mean()
+    att = (ch_s - ch_t).abs().sum() / s.shape[0]
+    return feat, att
+
+
 def pgd_reg_loss(
     student: Tensor,
     teacher: Tensor,
@@ -166,28 +203,8 @@ def pgd_reg_loss(
     gamma: float,
     delta: float,
 ) -> Tensor:
-    """PGD's regression-feature loss at one level, on the key regions P = {W^reg > 0}.
-
-    Args:
-        student, teacher: (N, C, H, W) features; weight: (N, 1, H, W) W^reg.
-
-    Returns:
-        scalar float32 ``gamma L_rf + delta L_ra`` with
-        ``L_rf = 1/|P| sum_p W_p mean_c A^C_T (F_S - F_T)^2`` and
-        ``L_ra = 1/|P| sum_p sum_c |A^C_S - A^C_T|`` (A^C = C softmax_c(|F| / T));
-        0 (still depending on ``student``) when P is empty.
-    """
-    c = student.shape[1]
-    pos = weight.reshape(-1) > 0  # (N*H*W,)
-    if not bool(pos.any()):
-        return student.float().sum() * 0.0
-    s = student.float().permute(0, 2, 3, 1).reshape(-1, c)[pos]  # (|P|, C)
-    t = teacher.detach().float().permute(0, 2, 3, 1).reshape(-1, c)[pos]
-    w = weight.float().reshape(-1)[pos]
-    ch_t = c * F.softmax(t.abs() / temperature, dim=1)
-    ch_s = c * F.softmax(s.abs() / temperature, dim=1)
-    feat = (((s - t) ** 2 * ch_t).mean(dim=1) * w).mean()
-    att = (ch_s - ch_t).abs().sum() / s.shape[0]
+    """``L^reg_l = gamma L_rf + delta L_ra`` (see :func:`pgd_reg_terms`)."""
+    feat, att = pgd_reg_terms(student, teacher, weight, temperature)
     return gamma * feat + delta * att
 
 
@@ -262,14 +279,9 @@ class PGD(Distiller):
         self.mask_before_topk = bool(mask_before_topk)
         self.backend = str(backend)
         self.batch_mask_mixing = bool(official_batch_mask_mixing)
-        self._cls_kw = dict(
-            temperature=self.temperature,
-            alpha=alpha,
-            beta=beta,
-            delta=delta,
-            batch_mask_mixing=self.batch_mask_mixing,
+        self.alpha, self.beta, self.gamma, self.delta = (
+            float(x) for x in (alpha, beta, gamma, delta)
         )
-        self._reg_kw = dict(temperature=self.temperature, gamma=gamma, delta=delta)
         self.xy_swap = bool(official_xy_swap)
         for tower in ("cls", "reg"):
             if student_channels[tower] != teacher_channels[tower] and not adapt:
@@ -384,8 +396,8 @@ class PGD(Distiller):
 
     def forward(self, teacher: DetectorOutputs, student: DetectorOutputs, gt_instances):
         w_cls, w_reg, bg = self.key_region_maps(teacher, gt_instances)
-        losses = {}
-        for tower, name in (("cls", "loss_kd_pgd_cls"), ("reg", "loss_kd_pgd_reg")):
+        terms: Dict[str, List[Tensor]] = {k: [] for k in _TERMS}
+        for tower in ("cls", "reg"):
             s_levels = self._block(student, tower, "student")
             t_levels = self._block(teacher, tower, "teacher")
             if not len(s_levels) == len(t_levels) == len(w_cls) == len(self.level_weights):
@@ -394,7 +406,6 @@ class PGD(Distiller):
                     f"{len(w_cls)} prediction levels, {len(self.level_weights)} "
                     "MODEL.KD.PGD.LEVEL_WEIGHTS: they must all be equal."
                 )
-            total = []
             for lvl, (s, t) in enumerate(zip(s_levels, t_levels)):
                 s = self.adapters[tower](s)
                 if s.shape != t.shape or s.shape[-2:] != w_cls[lvl].shape[-2:]:
@@ -405,18 +416,36 @@ class PGD(Distiller):
                     )
                 with torch.autocast(s.device.type, enabled=False):
                     if tower == "cls":
-                        kw = dict(self._cls_kw, level_weight=self.level_weights[lvl])
-                        loss = pgd_cls_loss(s, t, w_cls[lvl], bg[lvl], **kw)
+                        fg, bg_, att = pgd_cls_terms(
+                            s, t, w_cls[lvl], bg[lvl], self.temperature, self.batch_mask_mixing
+                        )
+                        w = self.level_weights[lvl]
+                        terms["fg"].append(w * self.alpha * fg)
+                        terms["bg"].append(w * self.beta * bg_)
+                        terms["cls_att"].append(self.delta * att)
                     else:
-                        loss = pgd_reg_loss(s, t, w_reg[lvl], **self._reg_kw)
-                total.append(loss)
-            losses[name] = torch.stack(total).sum()
-        _put_stats(w_cls, w_reg, bg)
-        return losses
+                        feat, att = pgd_reg_terms(s, t, w_reg[lvl], self.temperature)
+                        terms["reg_feat"].append(self.gamma * feat)
+                        terms["reg_att"].append(self.delta * att)
+        sums = {k: torch.stack(v).sum() for k, v in terms.items()}
+        _put_stats(w_cls, w_reg, bg, sums)
+        return {
+            "loss_kd_pgd_cls": sums["fg"] + sums["bg"] + sums["cls_att"],
+            "loss_kd_pgd_reg": sums["reg_feat"] + sums["reg_att"],
+        }
 
 
-def _put_stats(w_cls: List[Tensor], w_reg: List[Tensor], bg: List[Tensor]) -> None:
-    """Per-image means of the numbers of key-region / background locations, when training."""
+#: PGD's weighted loss terms, summed over levels, logged as ``pgd/<term>``: the cls tower's
+#: foreground (w_l alpha L_fg), background (w_l beta L_bg) and attention (delta L_att) terms, the
+#: reg tower's feature (gamma L_rf) and attention (delta L_ra) terms.
+_TERMS = ("fg", "bg", "cls_att", "reg_feat", "reg_att")
+
+
+def _put_stats(
+    w_cls: List[Tensor], w_reg: List[Tensor], bg: List[Tensor], terms: Dict[str, Tensor]
+) -> None:
+    """Per-image means of the numbers of key-region / background locations and the weighted
+    loss terms, when training."""
     try:
         storage = get_event_storage()
     except AssertionError:  # no EventStorage outside a trainer
@@ -431,3 +460,6 @@ def _put_stats(w_cls: List[Tensor], w_reg: List[Tensor], bg: List[Tensor]) -> No
     ).tolist()  # one device-to-host copy per step instead of one per level and map
     for name, count in zip(("num_fg_cls", "num_fg_reg", "num_bg"), counts):
         storage.put_scalar(f"pgd/{name}", count / n)
+    values = torch.stack([terms[k].detach().float() for k in _TERMS]).tolist()
+    for name, value in zip(_TERMS, values):
+        storage.put_scalar(f"pgd/loss_{name}", value)
