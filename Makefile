@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kd_det2-installed
 D2_VERSION := 0.7.2
-DEPS := requirements.txt requirements-dev.txt setup.py Makefile
+DEPS := requirements.txt requirements-dev.txt requirements-nodeps.txt setup.py Makefile
 
 .PHONY: install test demo lint format clean
 
@@ -14,6 +14,7 @@ $(STAMP): $(DEPS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
 	@$(PY) -c "import torch, sys; v = torch.__version__; sys.exit('torch %s is a +cpu build without a matching torchvision; reinstall torch==2.14.1 from the package index' % v if '+cpu' in v else 0)"
 	@if $(PY) -c "import detectron2" 2>/dev/null; then \
 		echo "detectron2 already importable: keeping it"; \

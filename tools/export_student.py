@@ -12,7 +12,9 @@ vanilla detectron2 model built from that config, without importing kd_det2, exce
 students from a yacs config: vanilla detectron2 builds FCOS from LazyConfig only, so build
 ``detectron2.modeling.meta_arch.fcos.FCOS`` with the same settings (the parameter names are the
 same) or keep kd_det2 importable to read the yaml; and for GFL students, which detectron2 does
-not have (``import kd_det2`` registers GFL; ``MODEL.GFL`` is kept in ``student.yaml``).
+not have (``import kd_det2`` registers GFL; ``MODEL.GFL`` is kept in ``student.yaml``), and for
+students with a kd_det2 backbone (MobileNetV2, EfficientNet-Lite: ``import kd_det2`` registers
+them; their node, e.g. ``MODEL.MOBILENET_V2``, is kept in ``student.yaml``).
 """
 import argparse
 import logging
@@ -48,6 +50,7 @@ def export_yacs_config(config_file: str, opts, path: str) -> str:
     from detectron2.config import get_cfg
 
     from kd_det2.config import get_kd_cfg
+    from kd_det2.modeling.backbones import backbone_config_node
 
     cfg = get_kd_cfg()
     cfg.merge_from_file(config_file)
@@ -58,6 +61,9 @@ def export_yacs_config(config_file: str, opts, path: str) -> str:
     cfg.MODEL.META_ARCHITECTURE = arch
     cfg.MODEL.WEIGHTS = ""
     keep = {("MODEL", arch.upper())}  # the student's own node: MODEL.FCOS, MODEL.GFL
+    node = backbone_config_node(cfg.MODEL.BACKBONE.NAME)  # e.g. MODEL.MOBILENET_V2
+    if node:
+        keep.add(("MODEL", node))
     _drop_keys_missing_from(cfg, get_cfg(), keep)
     with open(path, "w") as f:
         f.write(cfg.dump())

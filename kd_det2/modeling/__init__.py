@@ -1,5 +1,6 @@
 """Models: detectors, KD meta-architectures, distillers."""
 
+from . import backbones  # noqa: F401  (registers MobileNetV2 / EfficientNet-Lite backbones)
 from . import detectors  # noqa: F401  (registers FCOS, GFL and the FCOS backbone)
 from .distillers import KD_DISTILLER_REGISTRY, Distiller, build_distillers, registered_distillers
 from .meta_arch import KDDenseDetector, KDGeneralizedRCNN, KDMetaArchBase

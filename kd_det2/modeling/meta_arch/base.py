@@ -307,7 +307,11 @@ def init_student_from_teacher(student: nn.Module, teacher: nn.Module, skip: Sequ
         for k, v in s_state.items()
         if not k.startswith(skip) and k in t_state and t_state[k].shape == v.shape
     }
-    student.load_state_dict(copy, strict=False)
+    # Load the student's own full state dict with the copied tensors in: its metadata (module
+    # versions) stays, so FrozenBatchNorm2d does not reset the statistics of modules absent from a
+    # partial dict (it does so for dicts without versions, e.g. pretrained bottom-up networks).
+    s_state.update(copy)
+    student.load_state_dict(s_state)
     left = [k for k in s_state if not k.startswith(skip) and k not in copy]
     logger.info(
         f"Initialised {len(copy)} student tensors from the teacher; {len(left)} outside "
