@@ -43,9 +43,9 @@ is set from the training dataset's metadata.
 Resuming: every finished run writes ``result.json`` atomically, keyed by a hash of its resolved
 config (teacher checkpoint included, output folder excluded). A rerun with the same arguments
 skips finished runs and trains the missing ones; a run whose config changed is retrained;
-``--retrain`` retrains all students and ``--force-teacher`` the teacher. Changing only
-``--skip-timing-iters`` does not retrain. A failed run is reported and the others go on; the exit
-status is then 1.
+``--retrain`` retrains all students and ``--force-teacher`` the teacher. ``--skip-timing-iters``
+is not part of the key: it applies to the runs trained after it changed. A failed run is
+reported and the others go on; the exit status is then 1.
 
 Timing: a run's s/iter is the mean wall time of a training iteration (batch loading, forward,
 backward, optimizer step; no hook, no evaluation) after its first ``--skip-timing-iters``
@@ -480,7 +480,9 @@ def summarize(methods, seeds, records, teacher: dict) -> Tuple[List[dict], List[
     return rows, notes
 
 
-def render_markdown(rows, notes, seeds, test: str, devices: Sequence[str], skip: int) -> str:
+def render_markdown(rows, notes, seeds, test: str, devices: Sequence[str], skip: str) -> str:
+    """The Markdown table with its legend; ``skip`` says which first iterations s/iter leaves
+    out (e.g. "5")."""
     plain = next(r["method"] for r in rows if r["role"] == "plain")
     table = [
         "| method | distillers | seeds | "
@@ -580,7 +582,9 @@ def write_results(args, plan: "Plan", records, teacher: dict) -> Tuple[str, bool
     teacher is above the plain student)."""
     rows, notes = summarize(plan.methods, plan.seeds, records, teacher)
     devices = sorted({r["device"] for r in records.values() if r.get("device")})
-    text = render_markdown(rows, notes, plan.seeds, plan.test, devices, args.skip_timing_iters)
+    skips = sorted({r["step_seconds"].get("skipped", 0) for r in records.values()})
+    skip = "/".join(map(str, skips)) or str(args.skip_timing_iters)
+    text = render_markdown(rows, notes, plan.seeds, plan.test, devices, skip)
     _write_if_changed(os.path.join(args.output, "results.md"), text)
     write_csv(os.path.join(args.output, "results.csv"), rows, plan.seeds)
     name = os.path.splitext(os.path.basename(args.student_config))[0]

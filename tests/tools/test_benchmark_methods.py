@@ -112,7 +112,7 @@ def _trained(out):
 def test_table_over_seeds_resume_and_retrain_one_run(tmp_path, monkeypatch):
     out = tmp_path / "bench"
     methods = "PGD,kd=FitNet+LogitKD@MODEL.KD.FITNET.LOSS_WEIGHT=0.5"
-    assert _bench(out, methods) == 0
+    assert _bench(out, methods, "--inherit") == 0
     labels = ["plain", "PGD", "kd"]
     for name in ("results.md", "results.csv", "results.png", "teacher/model_final.pth"):
         assert (out / name).is_file(), name
@@ -133,6 +133,8 @@ def test_table_over_seeds_resume_and_retrain_one_run(tmp_path, monkeypatch):
     record = json.loads((out / "runs" / "kd" / "seed1" / "result.json").read_text())
     assert record["seed"] == 1 and record["distillers"] == ["FitNet", "LogitKD"]
     assert record["iters"] == 1 and record["step_seconds"]["count"] == 1  # skip keeps one
+    plain = json.loads((out / "runs" / "plain" / "seed0" / "result.json").read_text())
+    assert plain["inherit"] and plain["distillers"] == []  # --inherit: the plain student too
     table = (out / "results.md").read_text()
     lines = [line for line in table.splitlines() if line.startswith("| ")]
     assert [line.split("|")[1].strip() for line in lines[1:]][1:] == labels
@@ -145,14 +147,14 @@ def test_table_over_seeds_resume_and_retrain_one_run(tmp_path, monkeypatch):
     before = _trained(out)
     assert len(before) == 6
     monkeypatch.setattr(bm, "train_and_record", _must_not_train)
-    assert _bench(out, methods) == 0
+    assert _bench(out, methods, "--inherit") == 0
     assert _trained(out) == before
     monkeypatch.undo()
 
     # one deleted record: only that run is retrained; the teacher is reused
     os.remove(out / "runs" / "PGD" / "seed1" / "result.json")
     teacher = os.path.getmtime(out / "teacher" / "model_final.pth")
-    assert _bench(out, methods) == 0
+    assert _bench(out, methods, "--inherit") == 0
     after = _trained(out)
     assert [k for k in after if after[k] != before.get(k)] == [("PGD", "seed1")]
     assert os.path.getmtime(out / "teacher" / "model_final.pth") == teacher
@@ -176,13 +178,22 @@ def test_changed_config_invalidates_the_record(tmp_path):
     assert bm.run_key(plain, "teacher-a") == bm.run_key(plain, "teacher-b")
 
 
-def test_bad_method_fails_before_training(tmp_path, capsys):
+def test_bad_method_fails_before_training(tmp_path):
     # LD needs a GFL head: the FCOS student cannot be built with it
     with pytest.raises(SystemExit, match="Method 'LD' cannot be built"):
-        _bench(tmp_path / "bench", "LD", "--dry-run")
+        _bench(tmp_path / "bench", "PGD,LD")
     assert not (tmp_path / "bench" / "teacher" / "model_final.pth").exists()
+    assert not (tmp_path / "bench" / "runs").exists()
     with pytest.raises(SystemExit, match="unknown distiller 'Nope'"):
-        _bench(tmp_path / "bench", "PGD,Nope", "--dry-run")
+        _bench(tmp_path / "bench", "PGD,Nope")
+
+
+def test_dry_run_lists_the_runs(tmp_path, capsys):
+    assert _bench(tmp_path / "bench", "x=PGD", "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "plain seed 0:" in out and "x seed 1:" in out
+    assert out.count(os.path.join("bench", "runs")) == 4
+    assert not (tmp_path / "bench" / "runs").exists()
 
 
 # ------------------------------------------------------------------------------ configs, table
@@ -256,5 +267,5 @@ def test_summary_pairs_gains_by_seed_and_flags_a_weak_teacher():
     assert rows[0]["method"] == "teacher (!)" and "not above" in notes[0]
     assert rows[2]["seeds"] == [0] and rows[2]["gain"] == [3.0]
     assert "PGD seed 1" in notes[1]
-    text = bm.render_markdown(rows, notes, [0, 1], "val", ["CPU"], 5)
+    text = bm.render_markdown(rows, notes, [0, 1], "val", ["CPU"], "5")
     assert "| PGD | PGD | 1/2 | 13.00 |" in text and "| +3.00 |" in text
