@@ -79,13 +79,6 @@ def test_run_folders_are_safe_and_distinct():
     assert len(long) < 80 and long != bm.run_folder("x" * 201)
 
 
-def test_mean_and_sample_std():
-    mean, std = bm._mean_std([1.0, 2.0, 4.0])
-    assert mean == pytest.approx(7 / 3) and std == pytest.approx(1.527525, rel=1e-6)
-    assert bm._fmt([1.0, 2.0, 4.0]) == "2.33 ± 1.53" and bm._fmt([1.5]) == "1.50"
-    assert bm._fmt([0.5, -1.0], signed=True) == "-0.25 ± 1.06"
-
-
 # ------------------------------------------------------------------------------ end to end
 def _bench(out, methods, *extra):
     argv = [
@@ -243,29 +236,3 @@ def test_num_classes_follow_the_dataset(tmp_path):
     assert cfg.MODEL.FCOS.NUM_CLASSES == cfg.MODEL.GFL.NUM_CLASSES == 3
     assert cfg.MODEL.RETINANET.NUM_CLASSES == cfg.MODEL.ROI_HEADS.NUM_CLASSES == 3
     assert cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == 54  # not a box head: untouched
-
-
-def _record(ap, seconds=1.0, distillers=()):
-    return {"metrics": {k: ap for k in bm.METRICS}, "step_seconds": {"mean": seconds},
-            "distillers": list(distillers)}  # fmt: skip
-
-
-def test_summary_pairs_gains_by_seed_and_flags_a_weak_teacher():
-    methods = bm.parse_methods(["PGD"], REGISTERED)
-    records = {
-        ("plain", 0): _record(10.0, 1.0), ("plain", 1): _record(14.0, 3.0),
-        ("PGD", 0): _record(13.0, 3.0, ["PGD"]), ("PGD", 1): _record(15.0, 5.0, ["PGD"]),
-    }  # fmt: skip
-    rows, notes = bm.summarize(methods, [0, 1], records, _record(20.0))
-    teacher, plain, pgd = rows
-    assert teacher["method"] == "teacher" and not notes
-    assert pgd["gain"] == [3.0, 1.0] and pgd["cost"] == pytest.approx(2.0)
-    assert pgd["distillers"] == "PGD" and plain["gain"] == []
-    # a teacher below the plain student is marked; a missing run is reported
-    del records[("PGD", 1)]
-    rows, notes = bm.summarize(methods, [0, 1], records, _record(11.0))
-    assert rows[0]["method"] == "teacher (!)" and "not above" in notes[0]
-    assert rows[2]["seeds"] == [0] and rows[2]["gain"] == [3.0]
-    assert "PGD seed 1" in notes[1]
-    text = bm.render_markdown(rows, notes, [0, 1], "val", ["CPU"], "5")
-    assert "| PGD | PGD | 1/2 | 13.00 |" in text and "| +3.00 |" in text
