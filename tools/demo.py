@@ -16,23 +16,28 @@ Other data: ``DATASETS.TRAIN "('voc:<dir>:trainval',)" DATASETS.TEST "('voc:<dir
                          [--force-teacher] [KEY VALUE ...]
 """
 import argparse
-import hashlib
-import json
 import logging
 import os
 import sys
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 from detectron2.data import MetadataCatalog
-from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
 import kd_det2  # noqa: F401  (registers everything)
 from kd_det2.config import get_kd_cfg
 from kd_det2.data import prepare_dataset
-from kd_det2.engine import KDTrainer, num_classes_setting
+from kd_det2.engine import num_classes_setting
+from kd_det2.engine.runs import (
+    METRICS,
+    cached_record,
+    config_sha1,
+    set_max_iter,
+    train_and_evaluate,
+    train_and_record,
+)
 
 logger = logging.getLogger("kd_det2.demo")
 
@@ -54,15 +59,17 @@ DISTILLED = {
     "ld-main-vlr": ("GFL", "gfl_R_18_ld.yaml", _NO_KD),
     "gfl-fitnet": ("GFL", "gfl_R_18_fitnet.yaml", []),
 }
-METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
-def load_cfg(name: str, opts: List[str]):
-    """A demo config from projects/demo with overrides, fitted to its training set's classes."""
+def load_cfg(name: str, opts: List[str], iters: Optional[int] = None):
+    """A demo config from projects/demo with overrides, fitted to its training set's classes,
+    and, if given, ``iters`` iterations."""
     cfg = get_kd_cfg()
     cfg.merge_from_file(os.path.join(DEMO_DIR, name))
     cfg.merge_from_list(opts)
     fit_num_classes(cfg)
+    if iters:
+        set_max_iter(cfg, iters)
     return cfg
 
 
@@ -89,43 +96,10 @@ def backbone_name(cfg) -> str:
     return f"R{cfg.MODEL.RESNETS.DEPTH}-FPN{cfg.MODEL.FPN.OUT_CHANNELS}"
 
 
-def train_and_evaluate(cfg) -> Tuple[Dict[str, float], float]:
-    """Train with KDTrainer from scratch, then evaluate; returns (bbox metrics, train seconds)."""
-    test_sets = tuple(cfg.DATASETS.TEST)
-    cfg.DATASETS.TEST = ()  # evaluate once, below, outside the timed training
-    cfg.freeze()
-    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-    seed_all_rng(cfg.SEED)
-    trainer = KDTrainer(cfg)
-    trainer.resume_or_load(resume=False)
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.DATASETS.TEST = test_sets
-    results = KDTrainer.test(cfg, trainer.model)
-    return {k: float(results["bbox"][k]) for k in METRICS}, seconds
-
-
-def cached_teacher(cfg) -> Optional[dict]:
-    """The cached teacher record when its checkpoint exists and its config is unchanged."""
-    stamp = os.path.join(cfg.OUTPUT_DIR, "demo_teacher.json")
-    weights = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
-    if not (os.path.isfile(stamp) and os.path.isfile(weights)):
-        return None
-    with open(stamp) as f:
-        record = json.load(f)
-    return record if record.get("config_sha1") == _sha1(cfg) else None
-
-
-def _sha1(cfg) -> str:
+def teacher_key(cfg) -> str:
     """Key of a teacher config: its dump without ``MODEL.KD`` (distillation settings, unused by
     a plain teacher), so that new distiller keys do not invalidate the cached teacher."""
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.MODEL.pop("KD", None)
-    return hashlib.sha1(cfg.dump().encode()).hexdigest()
+    return config_sha1(cfg, drop=("MODEL.KD",))
 
 
 def run(args) -> List[dict]:
@@ -151,41 +125,33 @@ def run(args) -> List[dict]:
         for method, name, extra, out in runs:
             step += 1
             seed = ["SEED", str(args.seed)]  # the students' seed; the teacher keeps its config's
-            opts = args.opts + seed + extra + _iters(args.student_iters) + _out(args, out)
-            cfg = load_cfg(name, opts)
+            cfg = load_cfg(name, args.opts + seed + extra + _out(args, out), args.student_iters)
             label = "student"
             if cfg.MODEL.KD.DISTILLERS:
                 cfg.MODEL.KD.TEACHER.WEIGHTS = teacher_weights
                 label = f"student + {method}"
             logger.info(f"[{step}/{steps}] training {family} {label} ({backbone_name(cfg)})")
-            metrics, seconds = train_and_evaluate(cfg)
-            rows.append(_row(label, cfg, metrics, seconds))
+            result = train_and_evaluate(cfg)
+            rows.append(_row(label, cfg, result["metrics"], result["train_time"]))
     return rows
 
 
 def _teacher(args, name: str, family: str, step: str):
     """The teacher's config and record (metrics, train time), trained unless cached."""
     out = "teacher" if family == "FCOS" else f"teacher_{family.lower()}"
-    cfg = load_cfg(name, args.opts + _iters(args.teacher_iters) + _out(args, out))
-    record = None if args.force_teacher else cached_teacher(cfg)
+    cfg = load_cfg(name, args.opts + _out(args, out), args.teacher_iters)
+    stamp = os.path.join(cfg.OUTPUT_DIR, "demo_teacher.json")
+    weights = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    key = teacher_key(cfg)
+    record = None if args.force_teacher else cached_record(stamp, key, needs=[weights])
     if record is None:
         logger.info(f"{step} training the {family} teacher ({backbone_name(cfg)})")
-        key = _sha1(cfg)
-        metrics, seconds = train_and_evaluate(cfg.clone())
-        record = {"config_sha1": key, "metrics": metrics, "train_time": seconds}
-        with open(os.path.join(cfg.OUTPUT_DIR, "demo_teacher.json"), "w") as f:
-            json.dump(record, f)
+        record = train_and_record(cfg, stamp, key)
     else:
         logger.info(
             f"{step} {family} teacher checkpoint and config unchanged: using the cached one"
         )
     return cfg, record
-
-
-def _iters(n: Optional[int]) -> List[str]:
-    if not n:
-        return []
-    return ["SOLVER.MAX_ITER", str(n), "SOLVER.STEPS", f"({int(n * 0.8)},)"]
 
 
 def _out(args, name: str) -> List[str]:

@@ -103,6 +103,8 @@ def add_kd_config(cfg: CN) -> None:
     # Copy every teacher parameter/buffer whose name and shape match into the student, except
     # those under the prefixes of INIT_STUDENT_SKIP (the backbone's bottom-up network by default:
     # i.e. the neck and the head are initialised from the teacher, as the PGD and GKD papers do).
+    # Without distillers the teacher is built for this copy only and then dropped (plain training
+    # with the same initialisation as an inherited distillation).
     _C.MODEL.KD.INIT_STUDENT_FROM_TEACHER = False
     _C.MODEL.KD.INIT_STUDENT_SKIP = ["backbone.bottom_up."]
     # Pass find_unused_parameters=True to DistributedDataParallel.

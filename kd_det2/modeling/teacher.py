@@ -32,8 +32,9 @@ def resolve_config_file(name: str, base_dir: Optional[str] = None) -> str:
     """
     if not name:
         raise FileNotFoundError(
-            "MODEL.KD.TEACHER.CONFIG_FILE is empty, but distillers need a teacher: set it to a "
-            "yacs .yaml, a LazyConfig .py or a detectron2 model_zoo config name."
+            "MODEL.KD.TEACHER.CONFIG_FILE is empty, but distillers (and "
+            "MODEL.KD.INIT_STUDENT_FROM_TEACHER) need a teacher: set it to a yacs .yaml, a "
+            "LazyConfig .py or a detectron2 model_zoo config name."
         )
     candidates = [name] if os.path.isabs(name) else []
     if base_dir and not os.path.isabs(name):

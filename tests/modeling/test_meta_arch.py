@@ -149,6 +149,28 @@ def test_init_student_neck_and_head_from_teacher(tmp_path):
     )
 
 
+def test_plain_student_inherits_from_teacher_without_keeping_it(tmp_path):
+    teacher = build_model(tiny_cfg("FCOS", 18, 64))
+    path = str(tmp_path / "teacher.pth")
+    torch.save({"model": teacher.state_dict()}, path)
+    cfg = kd_cfg(tmp_path, "FCOS", student_fpn=64, distillers=(), teacher_weights=path)
+    cfg.MODEL.KD.INIT_STUDENT_FROM_TEACHER = True
+    model = build_model(cfg)
+    assert model.teacher is None and len(model.distillers) == 0
+    s, t = model.student.state_dict(), teacher.state_dict()
+    # the trained teacher's neck and head, not a second random init of the teacher
+    assert torch.equal(s["head.cls_score.weight"], t["head.cls_score.weight"])
+    assert torch.equal(s["backbone.fpn_output3.weight"], t["backbone.fpn_output3.weight"])
+    key = "backbone.bottom_up.stem.conv1.weight"
+    assert not torch.equal(s[key], t[key])  # skipped prefix: the student's own init
+    losses = _train_step(model, make_batch())
+    assert losses and not any(k.startswith("loss_kd_") for k in losses)
+    # without a teacher config the error names both users of the teacher
+    cfg.MODEL.KD.TEACHER.CONFIG_FILE = ""
+    with pytest.raises(FileNotFoundError, match="INIT_STUDENT_FROM_TEACHER"):
+        build_model(cfg)
+
+
 # ------------------------------------------------------------------ errors before training
 def test_missing_teacher_weights_file(tmp_path):
     cfg = kd_cfg(tmp_path, "FCOS", teacher_weights=str(tmp_path / "nope.pth"))

@@ -119,7 +119,7 @@ class KDMetaArchBase(nn.Module):
         student = cls.build_student(cfg)
         names = list(kd.DISTILLERS)
         teacher, t_format = None, "BGR"
-        if names:
+        if names or kd.INIT_STUDENT_FROM_TEACHER:
             teacher, t_format = build_teacher(
                 kd.TEACHER.CONFIG_FILE,
                 kd.TEACHER.WEIGHTS,
@@ -127,16 +127,18 @@ class KDMetaArchBase(nn.Module):
                 require_weights=kd.TEACHER.REQUIRE_WEIGHTS,
                 base_dir=_REPO_ROOT,
             )
-        elif kd.INIT_STUDENT_FROM_TEACHER:
-            raise ValueError("MODEL.KD.INIT_STUDENT_FROM_TEACHER needs MODEL.KD.DISTILLERS")
         distillers = {}
-        if teacher is not None:
+        if names:
             s_spec = cls.describe(student, cfg.INPUT.FORMAT)
             t_spec = cls.describe(teacher, t_format)
             cls.check_compatible(s_spec, t_spec)
             distillers = build_distillers(cfg, names, s_spec, t_spec)
-            if kd.INIT_STUDENT_FROM_TEACHER:
-                init_student_from_teacher(student, teacher, kd.INIT_STUDENT_SKIP)
+        if kd.INIT_STUDENT_FROM_TEACHER:
+            init_student_from_teacher(student, teacher, kd.INIT_STUDENT_SKIP)
+            if not names:
+                # Plain training with the teacher's initialisation (the baseline of an inherited
+                # distillation): the teacher is not needed after the copy.
+                teacher, t_format = None, "BGR"
         return {
             "student": student,
             "teacher": teacher,
