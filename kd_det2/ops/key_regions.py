@@ -13,8 +13,10 @@ For every GT box g of class c_g and every location a (all FPN levels flattened t
 Deterministic by construction (OUR INTERPRETATION where the official code is random or
 unspecified): Sigma + 1e-4 I instead of a random jitter of the centres; top-K ties go to the
 lowest location index; the ranking key (:func:`quality_key`) gives equal keys to equal
-inputs. Work is vectorised over images and GTs as (N, G, R) tensors; images are
-processed in chunks only when N * G * R exceeds ``MAX_PAIRS`` (memory bound).
+inputs; the Gaussian's moments are exact integer sums when the centres lie on the half-pixel
+grid (:func:`_gaussian_weights`), the same in any summation order. Work is vectorised over
+images and GTs as (N, G, R) tensors; images are processed in chunks only when N * G * R exceeds
+``MAX_PAIRS`` (memory bound).
 
 Notation: N images, R locations (anchors) over all levels, G GTs per image (padded), K classes.
 """

@@ -70,7 +70,7 @@ MAX_LOCATIONS = 2**30 - 1
 #: most images per call (the second dimension of the candidates kernel's grid).
 MAX_IMAGES = 65535
 #: memory of the candidate lists (8 bytes per entry, the same capacity for every (image, GT)).
-#: A GT with more candidates than its list holds is served by a scan of all R locations.
+#: A GT with more candidates than its list holds is served by a scan of the blocks near it.
 CANDIDATE_BYTES = 128 * 2**20
 #: locations per program of the candidates kernel.
 EMIT_BLOCK = 64
