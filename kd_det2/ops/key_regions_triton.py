@@ -98,7 +98,7 @@ def _pack(key, idx):
 
 
 @triton.jit
-def _power(x, e, MODE: tl.constexpr, USE_LIBDEVICE: tl.constexpr):
+def _power(x, e, MODE: tl.constexpr, COMPILED: tl.constexpr):
     """``x ** e`` of float32 x in float64, rounded to float32 (``key_regions._pow``); MODE 0:
     e = 0 (ones), 1: e = 1 (x), 2: general. (torch.pow's square root for e = 0.5 is
     unreachable: no float xi near 1/3 or 2/3 gives exactly 0.5.)"""
@@ -108,7 +108,7 @@ def _power(x, e, MODE: tl.constexpr, USE_LIBDEVICE: tl.constexpr):
         y = x
     else:
         xd = x.to(tl.float64)
-        if USE_LIBDEVICE:
+        if COMPILED:
             yd = libdevice.pow(xd, e)
         else:
             pos = xd > 0.0
@@ -118,12 +118,12 @@ def _power(x, e, MODE: tl.constexpr, USE_LIBDEVICE: tl.constexpr):
 
 
 @triton.jit
-def _key(p, iou, e, HI: tl.constexpr, MODE: tl.constexpr, USE_LIBDEVICE: tl.constexpr):
+def _key(p, iou, e, HI: tl.constexpr, MODE: tl.constexpr, COMPILED: tl.constexpr):
     """:func:`quality_key`: ``p^e * iou`` when xi >= 0.5 (HI), else ``iou^e * p``."""
     if HI:
-        key = _power(p, e, MODE, USE_LIBDEVICE) * iou
+        key = _power(p, e, MODE, COMPILED) * iou
     else:
-        key = _power(iou, e, MODE, USE_LIBDEVICE) * p
+        key = _power(iou, e, MODE, COMPILED) * p
     return key
 
 
@@ -156,17 +156,35 @@ def _topk_sorted(x, LOG_N: tl.constexpr, LOG_K: tl.constexpr, DESC: tl.constexpr
 
 
 @triton.jit
-def _merge(buf, pk, LOG_B: tl.constexpr, LOG_K: tl.constexpr):
+def _merge(buf, pk, LOG_B: tl.constexpr, LOG_K: tl.constexpr, COMPILED: tl.constexpr):
     """Top 2^LOG_K (sorted, largest first) of the union of the sorted running top-k ``buf``
     (2^LOG_K,) and the packed keys ``pk`` (2^LOG_B,): the block's top k in ascending order, the
-    elementwise max with buf (a bitonic sequence holding the k largest), a bitonic merge."""
-    x = tl.maximum(buf, _topk_sorted(pk, LOG_B, LOG_K, False))
-    lanes = tl.arange(0, 2**LOG_K)
-    for t in tl.static_range(LOG_K):
-        y = tl.gather(x, lanes ^ (1 << (LOG_K - 1 - t)), 0)
-        low = ((lanes >> (LOG_K - 1 - t)) & 1) == 1
-        x = tl.where(low, tl.minimum(x, y), tl.maximum(x, y))
+    elementwise max with buf (a bitonic sequence holding the k largest), a bitonic sort.
+
+    Compiled: Triton's ``tl.topk`` and ``tl.sort`` (bitonic networks on reductions over the axes
+    of a hypercube); in the interpreter, where their nested functions are slow, the same network
+    with ``tl.gather`` (:func:`_topk_sorted`). Same values (the tests compare the two)."""
+    if COMPILED:
+        x = tl.maximum(buf, tl.flip(tl.topk(pk, 2**LOG_K), 0))
+        x = tl.sort(x, descending=True)
+    else:
+        x = tl.maximum(buf, _topk_sorted(pk, LOG_B, LOG_K, False))
+        lanes = tl.arange(0, 2**LOG_K)
+        for t in tl.static_range(LOG_K):
+            y = tl.gather(x, lanes ^ (1 << (LOG_K - 1 - t)), 0)
+            low = ((lanes >> (LOG_K - 1 - t)) & 1) == 1
+            x = tl.where(low, tl.minimum(x, y), tl.maximum(x, y))
     return x
+
+
+@triton.jit
+def _merge_kernel(buf_ptr, keys_ptr, out_ptr, LOG_B: tl.constexpr, LOG_K: tl.constexpr,
+                  COMPILED: tl.constexpr):  # fmt: skip
+    """out = _merge(buf, keys) for one buffer (2^LOG_K,) and block (2^LOG_B,) of int64 (tests)."""
+    lanes = tl.arange(0, 2**LOG_K)
+    x = _merge(tl.load(buf_ptr + lanes), tl.load(keys_ptr + tl.arange(0, 2**LOG_B)), LOG_B, LOG_K,
+               COMPILED)  # fmt: skip
+    tl.store(out_ptr + lanes, x)
 
 
 @triton.jit
@@ -204,7 +222,7 @@ def _iou(px1, py1, px2, py2, gx1, gy1, gx2, gy2):
 
 @triton.jit
 def _fit_and_write(buf, lanes, k_eff, points_ptr, gx1, gy1, gx2, gy2, out_ptr, cov_eps, det_eps,
-                   MASK_BEFORE: tl.constexpr, USE_LIBDEVICE: tl.constexpr):  # fmt: skip
+                   MASK_BEFORE: tl.constexpr, COMPILED: tl.constexpr):  # fmt: skip
     """Gaussian (float64) on the k candidates in buf; atomic max of the in-box weights.
 
     Same arithmetic as ``key_regions._gaussian_weights``: integer moments in half-pixel units
@@ -258,7 +276,7 @@ def _fit_and_write(buf, lanes, k_eff, points_ptr, gx1, gy1, gx2, gy2, out_ptr, c
     dy = tl.where(grid, edy, fdy)
     det = sxx * syy - sxy * sxy
     maha = (syy * dx * dx - 2.0 * sxy * dx * dy + sxx * dy * dy) / (det + det_eps)
-    if USE_LIBDEVICE:
+    if COMPILED:
         w = libdevice.exp(-0.5 * maha) * v
     else:
         w = tl.exp(-0.5 * maha) * v
@@ -348,16 +366,17 @@ def _select_kernel(
     lists_ptr, tiles_ptr, out_ptr, R, G, K, k_eff, cap, s_sn, s_sr, s_sk, s_bn, s_br, s_bk, s_om,
     NUM_MAPS: tl.constexpr, HI0: tl.constexpr, MODE0: tl.constexpr, HI1: tl.constexpr,
     MODE1: tl.constexpr, SKIP: tl.constexpr, MASK_BEFORE: tl.constexpr, LIST: tl.constexpr,
-    USE_LIBDEVICE: tl.constexpr, LOG_B: tl.constexpr, LOG_K: tl.constexpr, EB: tl.constexpr,
+    COMPILED: tl.constexpr, LOG_B: tl.constexpr, LOG_K: tl.constexpr, EB: tl.constexpr,
 ):  # fmt: skip
     """One program per (image, GT): top-k of the quality, Gaussian, atomic max into the maps.
 
     scores (N, R, K) any float dtype (strides s_s*); boxes (N, R, 4) (strides s_b*); points
     (R, 2) float32; gt (N, G, 4) float32; cls (N, G) integer; valid (N, G) bool; params float64
-    [e0, e1, COV_EPS, DET_EPS]; counts, lists: see ``_candidates_kernel`` (read when LIST); out
-    (NUM_MAPS, N, R) float32 (map stride s_om), zero-initialised. SKIP: every xi > 0 (zero IoU
-    implies a zero key). Reads the GT's list when LIST and it did not overflow, otherwise scans
-    the R locations (when LIST, only the blocks whose bounding box in ``tiles``, one per EB
+    [e0, e1, COV_EPS, DET_EPS]; counts, lists, tiles: see ``_candidates_kernel`` (read when
+    LIST); out (NUM_MAPS, N, R) float32 (map stride s_om), zero-initialised. SKIP: every xi > 0
+    (zero IoU implies a zero key). COMPILED: libdevice's pow and exp, Triton's sort (False in
+    the interpreter). Reads the GT's list when LIST and it did not overflow, otherwise scans the
+    R locations (when LIST, only the blocks whose bounding box in ``tiles``, one per EB
     locations, can hold a candidate, and the first); 2^LOG_B entries per step, a running top
     2^LOG_K >= k.
     """
@@ -434,29 +453,29 @@ def _select_kernel(
         if best > thr:
             p = tl.load(s_base + loc * s_sr, mask=live, other=0.0).to(tl.float32)
             p = tl.where(p != p, 0.0, tl.minimum(tl.maximum(p, -FLT_MAX), FLT_MAX))  # nan_to_num
-            key = _key(p, iou, e0, HI0, MODE0, USE_LIBDEVICE)
+            key = _key(p, iou, e0, HI0, MODE0, COMPILED)
             if MASK_BEFORE:
                 key = tl.where(inside, key, -1.0)
             pk = tl.where(live, _pack(key, loc), EMPTY)
             if tl.max(pk, axis=0) > thr0:
-                buf0 = _merge(buf0, pk, LOG_B, LOG_K)
+                buf0 = _merge(buf0, pk, LOG_B, LOG_K, COMPILED)
                 thr0 = _kth(buf0, lanes, k_eff)
             if NUM_MAPS == 2:
-                key = _key(p, iou, e1, HI1, MODE1, USE_LIBDEVICE)
+                key = _key(p, iou, e1, HI1, MODE1, COMPILED)
                 if MASK_BEFORE:
                     key = tl.where(inside, key, -1.0)
                 pk = tl.where(live, _pack(key, loc), EMPTY)
                 if tl.max(pk, axis=0) > thr1:
-                    buf1 = _merge(buf1, pk, LOG_B, LOG_K)
+                    buf1 = _merge(buf1, pk, LOG_B, LOG_K, COMPILED)
                     thr1 = _kth(buf1, lanes, k_eff)
     cov_eps = tl.load(params_ptr + 2)
     det_eps = tl.load(params_ptr + 3)
     out_img = out_ptr + img * R
     _fit_and_write(buf0, lanes, k_eff, points_ptr, gx1, gy1, gx2, gy2, out_img, cov_eps,
-                   det_eps, MASK_BEFORE, USE_LIBDEVICE)  # fmt: skip
+                   det_eps, MASK_BEFORE, COMPILED)  # fmt: skip
     if NUM_MAPS == 2:
         _fit_and_write(buf1, lanes, k_eff, points_ptr, gx1, gy1, gx2, gy2, out_img + s_om,
-                       cov_eps, det_eps, MASK_BEFORE, USE_LIBDEVICE)  # fmt: skip
+                       cov_eps, det_eps, MASK_BEFORE, COMPILED)  # fmt: skip
 
 
 def _interpreted() -> bool:
@@ -593,7 +612,7 @@ def key_region_weights_triton(
     gt = gt_boxes.to(device, torch.float32).contiguous()
     valid = gt_valid.to(device).contiguous()
     cls = gt_classes.to(device).contiguous()
-    use_libdevice = not _interpreted()
+    compiled = not _interpreted()
     xis = [float(xi) for xi in alphas]
     groups = [xis[m0 : m0 + 2] for m0 in range(0, len(xis), 2)]
     # sparse: every location outside the lists has a key of 0 (or lies outside the box)
@@ -616,7 +635,7 @@ def key_region_weights_triton(
                 NUM_MAPS=len(grp), HI0=grp[0] >= 0.5, MODE0=_mode(exps[0]),
                 HI1=grp[-1] >= 0.5, MODE1=_mode(exps[1]), SKIP=all(xi > 0.0 for xi in grp),
                 MASK_BEFORE=bool(mask_before_topk), LIST=list_mode and emit,
-                USE_LIBDEVICE=use_libdevice, LOG_B=block.bit_length() - 1,
+                COMPILED=compiled, LOG_B=block.bit_length() - 1,
                 LOG_K=kp.bit_length() - 1, EB=emit_block, **COMPILE_OPTIONS,
             )  # fmt: skip
     return weights, background

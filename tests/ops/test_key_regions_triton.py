@@ -51,6 +51,20 @@ for name in list_cases:  # the candidate lists themselves
                                          True, kw.get("mask_before_topk", False), 16, 0)
     results["lists_" + name] = (counts, lists)
 torch.empty = empty
+# the two merge networks (Triton's tl.topk/tl.sort when compiled, tl.gather here) on one block
+g = torch.Generator().manual_seed(0)
+merges = []
+for log_b, log_k in ((6, 4), (4, 4), (5, 1)):
+    keys = torch.randint(-2**62, 2**62, (2**log_b,), generator=g)
+    keys[:3] = keys[3]  # repeated values
+    keys[4:7] = -2**63  # free slots (EMPTY)
+    buf = torch.randint(-2**62, 2**62, (2**log_k,), generator=g).sort(descending=True).values
+    buf[-1] = -2**63
+    outs = [torch.empty(2**log_k, dtype=torch.int64) for _ in range(2)]
+    for out, compiled in zip(outs, (False, True)):
+        kt._merge_kernel[(1,)](buf, keys, out, LOG_B=log_b, LOG_K=log_k, COMPILED=compiled)
+    merges.append((buf, keys, *outs))
+results["merges"] = merges
 calls = []
 launcher = kt.key_region_weights_triton
 kt.key_region_weights_triton = lambda *a, **k: calls.append(1) or launcher(*a, **k)
@@ -99,7 +113,7 @@ def build(fn, const, options):
     return compile(ASTSource(fn, sig, const), target=target, options=options).asm["ptx"]
 for mask_before, maps, mode, lst in ((True, 2, 2, True), (False, 1, 1, True), (False, 2, 0, False)):
     const = dict(NUM_MAPS=maps, HI0=True, MODE0=mode, HI1=False, MODE1=2, SKIP=mode != 0,
-                 MASK_BEFORE=mask_before, LIST=lst, USE_LIBDEVICE=True, LOG_B=8, LOG_K=5, EB=64)
+                 MASK_BEFORE=mask_before, LIST=lst, COMPILED=True, LOG_B=8, LOG_K=5, EB=64)
     ptx = build(kt._select_kernel, const, kt.COMPILE_OPTIONS)
     print("PTX", "select", "fma.rn.f32" in ptx, "div.full" in ptx, "atom" in ptx)
 for emit, mask_before in ((True, False), (False, False)):
@@ -265,6 +279,14 @@ def test_candidate_lists(kernel_results, name):
             assert sorted(loc.tolist()) == chosen[i, j].nonzero()[:, 0].tolist()
             assert torch.equal((entries >> 32).to(torch.int32).view(torch.float32), iou[i, j, loc])
             assert torch.equal((entries >> 30) & 1 == 1, inside[i, j, loc])
+
+
+def test_merge_networks(kernel_results):
+    """Both merges of a block into the sorted running top-k give the top-k of the union, sorted:
+    the interpreter's tl.gather network and Triton's tl.topk/tl.sort that the GPU runs."""
+    for buf, keys, gathered, native in kernel_results["merges"]:
+        want = torch.cat([buf, keys]).sort(descending=True).values[: len(buf)]
+        assert torch.equal(gathered, want) and torch.equal(native, want)
 
 
 def test_cases_cover_the_edge_cases(kernel_results):
