@@ -2,7 +2,8 @@
 """Benchmark of PGD's key-region weights: the PyTorch implementation vs the Triton kernels.
 
     python tools/benchmark_key_regions.py [--iters 50] [--ref-iters 10] [--bandwidth-gbs 4800]
-        [--anchors 1 9] [--block 0] [--emit-block 0] [--interpret]
+        [--anchors 1 9] [--batches 2 8 16] [--gts 10 50 100] [--block 0] [--emit-block 0]
+        [--interpret]
 
 Inputs are synthetic but shaped like a dense detector's (both maps, xi = 0.8 and 0.6):
 
@@ -166,11 +167,11 @@ def time_cpu(fn, iters):
     return statistics.median(times)
 
 
-def configs(anchors):
+def configs(anchors, batches=(2, 8, 16), gts=(10, 50, 100)):
     yield "demo", DEMO_SIZES, 1, 8, 4, 6, 9
     for a in anchors:
-        for b in (2, 8, 16):
-            for g in (10, 50, 100):
+        for b in batches:
+            for g in gts:
                 yield f"COCO A={a}", COCO_SIZES, a, b, g, 80, 30
 
 
@@ -183,7 +184,7 @@ def main(args):
     device = torch.device("cuda" if cuda else "cpu")
     flush = Flush(device) if cuda else None
     rows = []
-    for name, sizes, a, b, g, k, topk in configs(args.anchors):
+    for name, sizes, a, b, g, k, topk in configs(args.anchors, args.batches, args.gts):
         inputs = make_inputs(sizes, a, b, g, k, device)
         r = inputs[0].shape[1]
         floors = floor_ms(inputs, 2, args.bandwidth_gbs)
@@ -217,7 +218,8 @@ def main(args):
             pending = "pending (no CUDA)"
             fits = b * g * r <= args.cpu_max_pairs
             row["torch ms (CPU)"] = _ms(time_cpu(run_torch, args.cpu_iters)) if fits else "skipped"
-            row.update({"triton ms": pending, "speed-up": pending, "x floor": pending})
+            row.update({"triton ms": pending, "kernel ms": pending, "speed-up": pending})
+            row.update({"x floor": pending, "x floor+scores": pending})
         row["floor us"] = f"{floors[0] * 1e3:.1f}"
         row["floor+scores us"] = f"{floors[1] * 1e3:.1f}"
         rows.append(row)
@@ -250,6 +252,8 @@ def parse_args(argv=None):
     p.add_argument("--block", type=int, default=0, help="kernel's entries per merge step (0: auto)")
     p.add_argument("--emit-block", type=int, default=0, help="locations per candidates program")
     p.add_argument("--anchors", type=int, nargs="+", default=[1, 9], help="anchors per location")
+    p.add_argument("--batches", type=int, nargs="+", default=[2, 8, 16], help="COCO rows' B")
+    p.add_argument("--gts", type=int, nargs="+", default=[10, 50, 100], help="COCO rows' G")
     p.add_argument("--bandwidth-gbs", type=float, default=4800.0, help="memory bandwidth, GB/s")
     p.add_argument("--cpu", action="store_true", help="stay on the CPU even if CUDA is there")
     p.add_argument("--cpu-iters", type=int, default=3)
