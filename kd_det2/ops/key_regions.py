@@ -67,10 +67,11 @@ BACKENDS = ("auto", "torch", "triton")
 TRITON_MAX_TOPK = 256
 #: device -> whether the kernel matched the PyTorch path on its first "auto" call there.
 _AUTO_CHECKED: Dict[str, bool] = {}
-#: "auto" keeps the kernel if its weights differ from PyTorch's by at most this (absolute), with
-#: the same non-zero locations and an identical background map. The selection is exact in both
-#: implementations; the weights can differ by about one float32 ulp where the float64 ``exp``
-#: (CPU) or the float64 sums of centres off the half-pixel grid differ in their last bits.
+#: "auto" keeps the kernel if its weights differ from PyTorch's by at most this (absolute) and
+#: its background map is identical. The selection is exact in both implementations; the weights
+#: can differ by about one float32 ulp where the float64 ``exp`` (CPU) or the float64 sums of
+#: centres off the half-pixel grid differ in their last bits. A different selection changes
+#: the Gaussian fit, hence weights by far more.
 AUTO_ATOL = 1e-6
 #: largest |2 c| (c: a centre in pixels) for which the Gaussian's moments are exact integers
 #: (half-pixel units), and largest number of fitted centres: with both bounds every integer
@@ -278,14 +279,14 @@ def resolve_backend(backend: str, device: torch.device, topk: int = 30) -> str:
 
 
 def outputs_agree(fast: Tuple[Tensor, Tensor], ref: Tuple[Tensor, Tensor]) -> Tuple[bool, float]:
-    """Whether the kernel's (weights, background) match PyTorch's: identical background and
-    non-zero locations, weights within ``AUTO_ATOL``. Returns (agree, max abs difference)."""
+    """Whether the kernel's (weights, background) match PyTorch's: identical background, weights
+    within ``AUTO_ATOL``. Returns (agree, max abs difference)."""
     (w, b), (rw, rb) = fast, ref
     if w.shape != rw.shape or b.shape != rb.shape:
         return False, float("inf")
     diff = float((w - rw).abs().max()) if w.numel() else 0.0
     diff = max(diff, float((b - rb).abs().max()) if b.numel() else 0.0)
-    same = torch.equal(b, rb) and torch.equal(w > 0, rw > 0) and diff <= AUTO_ATOL
+    same = torch.equal(b, rb) and diff <= AUTO_ATOL
     return same, diff
 
 
@@ -306,8 +307,8 @@ def checked_triton(device: str, run_triton: Callable, run_torch: Callable):
     """Run the kernel where "auto" chose it, verified against PyTorch on first use per device.
 
     The first call on ``device`` runs both; the kernel is kept for that device only if it ran and
-    its outputs agree with the PyTorch path's (:func:`outputs_agree`: same background and
-    non-zero locations, weights within ``AUTO_ATOL``) on every rank (under torch.distributed the
+    its outputs agree with the PyTorch path's (:func:`outputs_agree`: same background, weights
+    within ``AUTO_ATOL``) on every rank (under torch.distributed the
     verdicts are all-reduced, so all ranks keep or drop the kernel together), otherwise a warning
     is logged and every later call there uses PyTorch (a forced ``backend="triton"`` skips this).
 
@@ -332,8 +333,7 @@ def checked_triton(device: str, run_triton: Callable, run_torch: Callable):
     elif not same:
         logger.warning(
             f"key regions: the Triton kernel differs from PyTorch on {device} (max abs "
-            f"difference {diff:.3g}, or other non-zero locations); using PyTorch. Set backend "
-            "'torch' to skip this check."
+            f"difference {diff:.3g}); using PyTorch. Set backend 'torch' to skip this check."
         )
     elif not agreed:
         logger.warning(
