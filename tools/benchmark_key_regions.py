@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""Benchmark of PGD's key-region weights: the PyTorch implementation vs the fused Triton kernel.
+"""Benchmark of PGD's key-region weights: the PyTorch implementation vs the Triton kernels.
 
     python tools/benchmark_key_regions.py [--iters 50] [--ref-iters 10] [--bandwidth-gbs 4800]
-        [--anchors 1 9] [--interpret]
+        [--anchors 1 9] [--batches 2 8 16] [--gts 10 50 100] [--block 0] [--emit-block 0]
+        [--interpret]
 
 Inputs are synthetic but shaped like a dense detector's (both maps, xi = 0.8 and 0.6):
 
@@ -14,22 +15,33 @@ Teacher probabilities are sigmoid(1.5 z - 4), decoded boxes lie around their loc
 a size of 1-4 strides, GT sizes are log-uniform in [16, 512] px, and each image has between
 G/2 and G valid GTs (the rest is padding).
 
-On CUDA: median of ``--iters`` (kernel) / ``--ref-iters`` (PyTorch) runs timed with CUDA events
-after warm-up; peak memory is ``torch.cuda.max_memory_allocated`` during one call minus the
-memory held before it (the inputs). The time floor is the compulsory memory traffic divided by
-``--bandwidth-gbs`` (default 4800 GB/s: H200's HBM3e; pass 3350 for an H100 SXM):
+On CUDA, every timed repetition starts with the L2 cache flushed (a 256 MiB buffer is
+overwritten) and the GPU idle; medians of ``--iters`` (kernel) / ``--ref-iters`` (PyTorch):
+
+* ``torch ms`` / ``triton ms``: the whole call, host wall clock from an idle GPU to the end of
+  its work (includes the launcher's Python and the launches);
+* ``kernel ms``: the kernel path captured once in a CUDA graph and replayed, timed with CUDA
+  events: GPU time only (the graph also holds the small fills: zeroed weights and counters);
+* ``speed-up``: torch ms / triton ms; ``x floor``, ``x floor+scores``: kernel ms over the floors;
+* ``equal``: bit-identical to the PyTorch path; ``agree``: within "auto"'s tolerance
+  (``key_regions.outputs_agree``); peak memory: ``torch.cuda.max_memory_allocated`` during one
+  call minus the memory held before it.
+
+The floors are the compulsory memory traffic divided by ``--bandwidth-gbs`` (default 4800 GB/s:
+H200's HBM3e; pass 3350 for an H100 SXM), counting only the real (valid) GTs:
 
 * floor: each image's decoded boxes read once (N R 4 s_box bytes), the centres once (R 8), the
-  outputs written once ((maps + 1) N R 4: weights zero-filled, background);
-* floor+scores: plus the score of the GT's class at every location for every (image, GT)
-  (N G R s_score, counted at s_score bytes although the (N, R, K) layout makes each such read
-  fetch a 32-byte sector). The kernel reads a block's scores only when the GT overlaps one of
-  the block's predicted boxes, so it can beat this column but not the first.
+  outputs written once ((maps + 1) N R 4: weights, background);
+* floor+scores: plus the score of the GT's class at every location for every real GT
+  (G_real R s_score, counted at s_score bytes although the (N, R, K) layout makes each such read
+  fetch a 32-byte sector). The kernels read scores only at the locations whose box overlaps the
+  GT, so they can beat this column but not the first.
 
 Without CUDA the PyTorch implementation is timed on the CPU (wall clock, rows with more than
-``--cpu-max-pairs`` image x GT x location triples are skipped), the kernel columns say that the
-GPU run is pending, and ``--interpret`` (CPU only) checks the kernel against it on a tiny size
-with Triton's interpreter (TRITON_INTERPRET=1, set by this script before triton is imported).
+``--cpu-max-pairs`` image x GT x location triples are skipped), the kernel and ratio columns say
+that the GPU run is pending, and ``--interpret`` (CPU only) checks the kernel against it on a
+tiny size with Triton's interpreter (TRITON_INTERPRET=1, set by this script before triton is
+imported).
 """
 import argparse
 import math
@@ -45,6 +57,7 @@ import torch  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
 from kd_det2.ops import key_region_weights  # noqa: E402
+from kd_det2.ops.key_regions import outputs_agree  # noqa: E402
 
 COCO_SIZES = [(100, 168), (50, 84), (25, 42), (13, 21), (7, 11)]  # 800 x 1344, strides 8..128
 DEMO_SIZES = [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]  # 128 x 128
@@ -79,16 +92,29 @@ def make_inputs(sizes, anchors, batch, num_gt, num_classes, device, seed=0):
 
 
 def floor_ms(inputs, maps, bandwidth_gbs):
-    """(floor, floor+scores) in ms: compulsory bytes / bandwidth (see the module docstring)."""
-    scores, pred, points, gt = inputs[:4]
+    """(floor, floor+scores) in ms: compulsory bytes / bandwidth (see the module docstring);
+    only the valid GTs count."""
+    scores, pred, points, gt, classes, valid = inputs
     n, r, _ = scores.shape
+    real = int(valid.sum())
     base = n * r * 4 * pred.element_size() + r * 8 + (maps + 1) * n * r * 4
-    extra = n * gt.shape[1] * r * scores.element_size()
+    extra = real * r * scores.element_size()
     return [b / (bandwidth_gbs * 1e9) * 1e3 for b in (base, base + extra)]
 
 
-def time_cuda(fn, iters, warmup):
-    """(median ms over ``iters`` CUDA-event-timed calls, extra peak MiB of one call)."""
+class Flush:
+    """Evicts the L2 cache: overwrites a buffer far larger than any GPU's L2."""
+
+    def __init__(self, device, mib=256):
+        self.buf = torch.empty(mib * 2**20, dtype=torch.uint8, device=device)
+
+    def __call__(self):
+        self.buf.fill_(1)
+
+
+def time_wall(fn, iters, warmup, flush):
+    """(median ms of ``fn`` from an idle GPU with a flushed L2 to the end of its GPU work,
+    extra peak MiB of one call)."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -99,13 +125,37 @@ def time_cuda(fn, iters, warmup):
     peak = (torch.cuda.max_memory_allocated() - held) / 2**20
     times = []
     for _ in range(iters):
+        flush()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times), peak
+
+
+def time_graph(fn, iters, flush):
+    """Median GPU ms of ``fn`` captured in a CUDA graph and replayed after an L2 flush (CUDA
+    events around the replay only). Capture fails if ``fn`` synchronises with the host."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    times = []
+    for _ in range(iters):
+        flush()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        graph.replay()
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
-    return statistics.median(times), peak
+    return statistics.median(times)
 
 
 def time_cpu(fn, iters):
@@ -117,11 +167,11 @@ def time_cpu(fn, iters):
     return statistics.median(times)
 
 
-def configs(anchors):
+def configs(anchors, batches=(2, 8, 16), gts=(10, 50, 100)):
     yield "demo", DEMO_SIZES, 1, 8, 4, 6, 9
     for a in anchors:
-        for b in (2, 8, 16):
-            for g in (10, 50, 100):
+        for b in batches:
+            for g in gts:
                 yield f"COCO A={a}", COCO_SIZES, a, b, g, 80, 30
 
 
@@ -132,30 +182,46 @@ def _ms(x):
 def main(args):
     cuda = torch.cuda.is_available() and not (args.cpu or args.interpret)
     device = torch.device("cuda" if cuda else "cpu")
+    flush = Flush(device) if cuda else None
     rows = []
-    for name, sizes, a, b, g, k, topk in configs(args.anchors):
+    for name, sizes, a, b, g, k, topk in configs(args.anchors, args.batches, args.gts):
         inputs = make_inputs(sizes, a, b, g, k, device)
         r = inputs[0].shape[1]
-        floors = [f"{x * 1e3:.1f}" for x in floor_ms(inputs, 2, args.bandwidth_gbs)]
-        row = {"scale": name, "B": b, "G": g, "R": r, "top-k": topk}
+        floors = floor_ms(inputs, 2, args.bandwidth_gbs)
+        real = int(inputs[5].sum())
+        row = {"scale": name, "B": b, "G": g, "real GTs": real, "R": r, "top-k": topk}
 
-        def run(backend):
-            return key_region_weights(*inputs, topk=topk, backend=backend)
+        def run_torch():
+            return key_region_weights(*inputs, topk=topk, backend="torch")
+
+        def run_triton():
+            from kd_det2.ops.key_regions_triton import key_region_weights_triton
+
+            with torch.no_grad():  # what backend="triton" runs
+                return key_region_weights_triton(
+                    *inputs, topk=topk, block=args.block, emit_block=args.emit_block
+                )
 
         if cuda:
-            want, got = run("torch"), run("triton")
+            want, got = run_torch(), run_triton()
             exact = all(torch.equal(x, y) for x, y in zip(want, got))
-            t_ref, m_ref = time_cuda(lambda: run("torch"), args.ref_iters, 2)
-            t_ker, m_ker = time_cuda(lambda: run("triton"), args.iters, args.warmup)
-            row.update({"torch ms": _ms(t_ref), "triton ms": _ms(t_ker)})
-            row.update({"speed-up": f"{t_ref / t_ker:.1f}x", "equal": exact})
+            t_ref, m_ref = time_wall(run_torch, args.ref_iters, 2, flush)
+            t_call, m_ker = time_wall(run_triton, args.iters, args.warmup, flush)
+            t_ker = time_graph(run_triton, args.iters, flush)
+            row.update({"torch ms": _ms(t_ref), "triton ms": _ms(t_call), "kernel ms": _ms(t_ker)})
+            row["speed-up"] = f"{t_ref / t_call:.1f}x"
+            row["x floor"] = f"{t_ker / floors[0]:.1f}"
+            row["x floor+scores"] = f"{t_ker / floors[1]:.2f}"
+            row.update({"equal": exact, "agree": outputs_agree(got, want)[0]})
             row.update({"torch MiB": f"{m_ref:.1f}", "triton MiB": f"{m_ker:.1f}"})
-        elif b * g * r <= args.cpu_max_pairs:
-            row["torch ms (CPU)"] = _ms(time_cpu(lambda: run("torch"), args.cpu_iters))
-            row["triton ms"] = "pending (no CUDA)"
         else:
-            row.update({"torch ms (CPU)": "skipped", "triton ms": "pending (no CUDA)"})
-        row.update({"floor us": floors[0], "floor+scores us": floors[1]})
+            pending = "pending (no CUDA)"
+            fits = b * g * r <= args.cpu_max_pairs
+            row["torch ms (CPU)"] = _ms(time_cpu(run_torch, args.cpu_iters)) if fits else "skipped"
+            row.update({"triton ms": pending, "kernel ms": pending, "speed-up": pending})
+            row.update({"x floor": pending, "x floor+scores": pending})
+        row["floor us"] = f"{floors[0] * 1e3:.1f}"
+        row["floor+scores us"] = f"{floors[1] * 1e3:.1f}"
         rows.append(row)
     print(f"device: {torch.cuda.get_device_name() if cuda else 'CPU (no CUDA)'}")
     print(f"floor: compulsory bytes / {args.bandwidth_gbs:g} GB/s (see the module docstring)")
@@ -183,7 +249,11 @@ def parse_args(argv=None):
     p.add_argument("--iters", type=int, default=50, help="timed runs of the kernel")
     p.add_argument("--ref-iters", type=int, default=10, help="timed runs of the PyTorch path")
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--block", type=int, default=0, help="kernel's entries per merge step (0: auto)")
+    p.add_argument("--emit-block", type=int, default=0, help="locations per candidates program")
     p.add_argument("--anchors", type=int, nargs="+", default=[1, 9], help="anchors per location")
+    p.add_argument("--batches", type=int, nargs="+", default=[2, 8, 16], help="COCO rows' B")
+    p.add_argument("--gts", type=int, nargs="+", default=[10, 50, 100], help="COCO rows' G")
     p.add_argument("--bandwidth-gbs", type=float, default=4800.0, help="memory bandwidth, GB/s")
     p.add_argument("--cpu", action="store_true", help="stay on the CPU even if CUDA is there")
     p.add_argument("--cpu-iters", type=int, default=3)

@@ -1,5 +1,5 @@
-"""Operators of the distillers: PGD's key predictive regions (PyTorch implementation, and a fused
-Triton kernel, ``key_region_weights_triton``, imported on first use so that importing this
+"""Operators of the distillers: PGD's key predictive regions (PyTorch implementation, and Triton
+kernels behind ``key_region_weights_triton``, imported on first use so that importing this
 package does not import triton)."""
 
 from .key_regions import (

@@ -13,8 +13,10 @@ For every GT box g of class c_g and every location a (all FPN levels flattened t
 Deterministic by construction (OUR INTERPRETATION where the official code is random or
 unspecified): Sigma + 1e-4 I instead of a random jitter of the centres; top-K ties go to the
 lowest location index; the ranking key (:func:`quality_key`) gives equal keys to equal
-inputs. Work is vectorised over images and GTs as (N, G, R) tensors; images are
-processed in chunks only when N * G * R exceeds ``MAX_PAIRS`` (memory bound).
+inputs; the Gaussian's moments are exact integer sums when the centres lie on the half-pixel
+grid (:func:`_gaussian_weights`), the same in any summation order. Work is vectorised over
+images and GTs as (N, G, R) tensors; images are processed in chunks only when N * G * R exceeds
+``MAX_PAIRS`` (memory bound).
 
 Notation: N images, R locations (anchors) over all levels, G GTs per image (padded), K classes.
 """
@@ -31,10 +33,12 @@ from torch import Tensor
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "AUTO_ATOL",
     "BACKEND_ENV",
     "COV_EPS",
     "checked_triton",
     "MAX_PAIRS",
+    "outputs_agree",
     "key_region_weights",
     "quality_key",
     "resolve_backend",
@@ -63,6 +67,17 @@ BACKENDS = ("auto", "torch", "triton")
 TRITON_MAX_TOPK = 256
 #: device -> whether the kernel matched the PyTorch path on its first "auto" call there.
 _AUTO_CHECKED: Dict[str, bool] = {}
+#: "auto" keeps the kernel if its weights differ from PyTorch's by at most this (absolute) and
+#: its background map is identical. The selection is exact in both implementations; the weights
+#: can differ by about one float32 ulp where the float64 ``exp`` (CPU) or the float64 sums of
+#: centres off the half-pixel grid differ in their last bits. A different selection changes
+#: the Gaussian fit, hence weights by far more.
+AUTO_ATOL = 1e-6
+#: largest |2 c| (c: a centre in pixels) for which the Gaussian's moments are exact integers
+#: (half-pixel units), and largest number of fitted centres: with both bounds every integer
+#: below stays under 2^62.
+GRID_MAX = 2**22
+EXACT_MAX_K = 512
 
 
 def pad_gt(instances: List[Instances]) -> Tuple[Tensor, Tensor, Tensor]:
@@ -181,14 +196,55 @@ def _gaussian_weights(centres: Tensor, valid: Tensor) -> Tensor:
     ``Sigma = mean (c - mu)(c - mu)^T + COV_EPS * I``; ``Sigma^-1 = adj(Sigma) / (det + DET_EPS)``;
     ``w = exp(-1/2 (c - mu)^T Sigma^-1 (c - mu))``; a single candidate gets 1.
 
+    Exact moments: when every fitted centre lies on the half-pixel grid (``u = 2 c`` an integer,
+    |u| <= ``GRID_MAX``, at most ``EXACT_MAX_K`` centres; locations at (i + 0.5) * stride or at
+    multiples of stride / 2 always are), the sums ``m``, ``S_u = sum u``, ``S_uv = sum u v`` are
+    computed in int64, hence exactly whatever the summation order, and
+    ``Sigma = (m S_uv - S_u S_v) / (4 m^2)``, ``c - mu = (m u - S_u) / (2 m)`` each round once
+    when converted to float64. Otherwise (e.g. anchor centres off the grid by rounding) the
+    moments are float64 sums, exact only up to their summation order. The Triton kernel computes
+    the same expressions (see :mod:`~kd_det2.ops.key_regions_triton`).
+
     Args:
-        centres: (..., k, 2) candidate centres (computed in float64).
+        centres: (..., k, 2) candidate centres (float32 pixels).
         valid: (..., k) bool; invalid candidates are left out of the fit and get 0.
 
     Returns:
         (..., k) float64 weights in [0, 1].
     """
-    c = centres.double()
+    c = centres.float()
+    u = c * 2.0
+    lane_on = ((u == u.trunc()) & (u.abs() <= GRID_MAX)).all(dim=-1)  # (..., k)
+    grid = (lane_on | ~valid).all(dim=-1, keepdim=True) & (valid.shape[-1] <= EXACT_MAX_K)
+    ui = torch.where((valid & lane_on)[..., None], u, 0.0).long()
+    exact = _exact_moments(ui[..., 0], ui[..., 1], valid)
+    approx = _float_moments(c.double(), valid)
+    sxx, syy, sxy, dx, dy = (torch.where(grid, a, b) for a, b in zip(exact, approx))
+    det = sxx * syy - sxy * sxy
+    maha = (syy * dx * dx - 2.0 * sxy * dx * dy + sxx * dy * dy) / (det + DET_EPS)
+    return torch.exp(-0.5 * maha) * valid
+
+
+def _exact_moments(ux: Tensor, uy: Tensor, valid: Tensor) -> Tuple[Tensor, ...]:
+    """Integer moments of half-pixel coordinates ux, uy (..., k) int64 (0 where not valid) ->
+    float64 sxx, syy, sxy (..., 1) (regularised) and dx, dy (..., k), in pixels."""
+    m = valid.long().sum(dim=-1, keepdim=True).clamp(min=1)
+    sx, sy = ux.sum(dim=-1, keepdim=True), uy.sum(dim=-1, keepdim=True)
+    cxx = m * (ux * ux).sum(dim=-1, keepdim=True) - sx * sx  # 4 m^2 var(x), exact
+    cyy = m * (uy * uy).sum(dim=-1, keepdim=True) - sy * sy
+    cxy = m * (ux * uy).sum(dim=-1, keepdim=True) - sx * sy
+    den, two_m = (4 * m * m).double(), (2 * m).double()
+    return (
+        cxx.double() / den + COV_EPS,
+        cyy.double() / den + COV_EPS,
+        cxy.double() / den,
+        (m * ux - sx).double() / two_m,
+        (m * uy - sy).double() / two_m,
+    )
+
+
+def _float_moments(c: Tensor, valid: Tensor) -> Tuple[Tensor, ...]:
+    """Float64 moments of centres c (..., k, 2): the same outputs as :func:`_exact_moments`."""
     v = valid.double().unsqueeze(-1)
     m = v.sum(dim=-2, keepdim=True).clamp(min=1.0)  # (..., 1, 1)
     mu = (c * v).sum(dim=-2, keepdim=True) / m
@@ -198,9 +254,7 @@ def _gaussian_weights(centres: Tensor, valid: Tensor) -> Tensor:
     sxx = (dx * dx).sum(dim=-1, keepdim=True) / m + COV_EPS
     syy = (dy * dy).sum(dim=-1, keepdim=True) / m + COV_EPS
     sxy = (dx * dy).sum(dim=-1, keepdim=True) / m
-    det = sxx * syy - sxy * sxy
-    maha = (syy * dx * dx - 2.0 * sxy * dx * dy + sxx * dy * dy) / (det + DET_EPS)
-    return torch.exp(-0.5 * maha) * valid
+    return sxx, syy, sxy, dx, dy
 
 
 def resolve_backend(backend: str, device: torch.device, topk: int = 30) -> str:
@@ -224,12 +278,39 @@ def resolve_backend(backend: str, device: torch.device, topk: int = 30) -> str:
     return backend
 
 
+def outputs_agree(fast: Tuple[Tensor, Tensor], ref: Tuple[Tensor, Tensor]) -> Tuple[bool, float]:
+    """Whether the kernel's (weights, background) match PyTorch's: identical background, weights
+    within ``AUTO_ATOL``. Returns (agree, max abs difference)."""
+    (w, b), (rw, rb) = fast, ref
+    if w.shape != rw.shape or b.shape != rb.shape:
+        return False, float("inf")
+    diff = float((w - rw).abs().max()) if w.numel() else 0.0
+    diff = max(diff, float((b - rb).abs().max()) if b.numel() else 0.0)
+    same = torch.equal(b, rb) and diff <= AUTO_ATOL
+    return same, diff
+
+
+def _all_ranks(ok: bool, device: torch.device) -> bool:
+    """``ok`` on every rank of the default process group (all-reduce MIN), or ``ok`` alone when
+    not distributed; so that "auto" makes one decision for the whole run."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return ok
+    on = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    flag = torch.tensor([int(ok)], dtype=torch.int32, device=on)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
 def checked_triton(device: str, run_triton: Callable, run_torch: Callable):
     """Run the kernel where "auto" chose it, verified against PyTorch on first use per device.
 
     The first call on ``device`` runs both; the kernel is kept for that device only if it ran and
-    its outputs are identical (``torch.equal``) to the PyTorch path's, otherwise a warning is
-    logged and every later call there uses PyTorch (a forced ``backend="triton"`` skips this).
+    its outputs agree with the PyTorch path's (:func:`outputs_agree`: same background, weights
+    within ``AUTO_ATOL``) on every rank (under torch.distributed the
+    verdicts are all-reduced, so all ranks keep or drop the kernel together), otherwise a warning
+    is logged and every later call there uses PyTorch (a forced ``backend="triton"`` skips this).
 
     Returns:
         the outputs of the implementation in use.
@@ -238,23 +319,29 @@ def checked_triton(device: str, run_triton: Callable, run_torch: Callable):
     if state is not None:
         return run_triton() if state else run_torch()
     try:
-        fast = run_triton()
+        fast, error = run_triton(), None
     except Exception as e:  # compile or launch failure on this device/toolchain
-        logger.warning(f"key regions: the Triton kernel failed on {device} ({e!r}); using PyTorch")
-        _AUTO_CHECKED[device] = False
-        return run_torch()
+        fast, error = None, e
     ref = run_torch()
-    same = all(torch.equal(a, b) for a, b in zip(fast, ref))
-    _AUTO_CHECKED[device] = same
-    if not same:
-        diff = max(float((a - b).abs().max()) for a, b in zip(fast, ref) if a.numel())
+    same, diff = outputs_agree(fast, ref) if error is None else (False, float("nan"))
+    agreed = _all_ranks(same, ref[0].device)
+    _AUTO_CHECKED[device] = agreed
+    if error is not None:
+        logger.warning(
+            f"key regions: the Triton kernel failed on {device} ({error!r}); using PyTorch"
+        )
+    elif not same:
         logger.warning(
             f"key regions: the Triton kernel differs from PyTorch on {device} (max abs "
             f"difference {diff:.3g}); using PyTorch. Set backend 'torch' to skip this check."
         )
-        return ref
-    logger.info(f"key regions: the Triton kernel matches PyTorch on {device}; using it")
-    return fast
+    elif not agreed:
+        logger.warning(
+            "key regions: the Triton kernel differs from PyTorch on another rank; using PyTorch"
+        )
+    else:
+        logger.info(f"key regions: the Triton kernel matches PyTorch on {device}; using it")
+    return fast if agreed else ref
 
 
 def key_region_weights(

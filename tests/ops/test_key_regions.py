@@ -193,6 +193,11 @@ def test_hand_computed_three_candidates():
     assert w[0, 0].tolist() == pytest.approx([w0, w12, w12, 0.0], rel=1e-6)
     assert w0 == pytest.approx(0.367916, abs=1e-6) and w12 == pytest.approx(0.367898, abs=1e-6)
     assert b[0].tolist() == [0.0, 0.0, 0.0, 0.0]
+    # the same configuration off the half-pixel grid (float64 moments): the same weights
+    shift = 0.1
+    w, _ = key_region_weights(scores, pred, points + shift, gt + shift, args[4], valid,
+                              alphas=(0.0,), topk=3)  # fmt: skip
+    assert w[0, 0].tolist() == pytest.approx([w0, w12, w12, 0.0], rel=1e-6)
     # code order: location 1 (x = 7) falls outside a narrower box after the Gaussian fit
     narrow = torch.tensor([[[0.0, 0.0, 6.0, 10.0]]])
     w, b = key_region_weights(scores, pred, points, narrow, args[4], valid, alphas=(0.0,), topk=3)
@@ -263,3 +268,48 @@ def test_pad_gt():
     boxes, classes, valid = pad_gt([b, a])
     assert boxes.shape == (2, 1, 4) and classes.tolist() == [[0], [2]]
     assert valid.tolist() == [[False], [True]] and boxes[1, 0].tolist() == [1, 2, 3, 4]
+
+
+def _float_weights(centres, valid):
+    """The Gaussian weights from float64 sums (key_regions' fallback off the grid)."""
+    sxx, syy, sxy, dx, dy = key_regions._float_moments(centres.double(), valid)
+    maha = (syy * dx * dx - 2.0 * sxy * dx * dy + sxx * dy * dy) / (sxx * syy - sxy * sxy + 1e-10)
+    return torch.exp(-0.5 * maha) * valid
+
+
+def test_gaussian_moments_are_exact_in_any_order():
+    """On the half-pixel grid the moments are integer sums: permuting the candidates permutes
+    the float64 weights bit for bit (float64 sums differ in their last bits, see below)."""
+    g = torch.Generator().manual_seed(7)
+    cells = torch.randint(-20, 150, (60, 30, 2), generator=g)
+    for centres in ((cells + 0.5) * 8.0, cells * 4.0):  # (i + 0.5) * stride, stride / 2 multiples
+        valid = torch.rand(60, 30, generator=g) > 0.2
+        perm = torch.randperm(30, generator=g)
+        w = key_regions._gaussian_weights(centres, valid)
+        assert torch.equal(
+            w[:, perm], key_regions._gaussian_weights(centres[:, perm], valid[:, perm])
+        )
+        torch.testing.assert_close(w, _float_weights(centres, valid), rtol=1e-12, atol=1e-12)
+        f = _float_weights(centres, valid)
+        assert not torch.equal(f[:, perm], _float_weights(centres[:, perm], valid[:, perm]))
+        assert w[valid].min() > 0 and (w[~valid] == 0).all()
+
+
+def test_off_grid_centres_use_float64_moments():
+    g = torch.Generator().manual_seed(8)
+    centres = (torch.randint(0, 50, (20, 12, 2), generator=g) + 0.5) * 8.0
+    valid = torch.ones(20, 12, dtype=torch.bool)
+    valid[:, -1] = False
+    off = centres.clone()
+    off[:, 0, 0] += 1e-3  # one fitted centre off the grid: the whole fit uses float64 sums
+    assert torch.equal(key_regions._gaussian_weights(off, valid), _float_weights(off, valid))
+    off = centres.clone()
+    off[:, -1] += 0.25  # off the grid but not fitted: the exact moments stay
+    w = key_regions._gaussian_weights(off, valid)
+    assert torch.equal(w, key_regions._gaussian_weights(centres, valid))
+    huge = centres.clone()
+    huge[:, 0, 1] = 2.0**22  # beyond GRID_MAX in half-pixels: float64 sums
+    assert torch.equal(key_regions._gaussian_weights(huge, valid), _float_weights(huge, valid))
+    many = (torch.randint(0, 50, (2, key_regions.EXACT_MAX_K + 1, 2), generator=g) + 0.5) * 8.0
+    ones = torch.ones(many.shape[:2], dtype=torch.bool)
+    assert torch.equal(key_regions._gaussian_weights(many, ones), _float_weights(many, ones))

@@ -77,10 +77,10 @@ def add_pgd_config(cfg: CN) -> None:
     _C.OFFICIAL_XY_SWAP = False
     # 1x1 adapters from the student's to the teacher's tower width when they differ.
     _C.ADAPT = True
-    # Key-region implementation: "auto" (the fused Triton kernel on CUDA, PyTorch otherwise; the
-    # kernel's first call on a GPU is checked against PyTorch and dropped, with a warning, if it
-    # fails or differs; KD_DET2_KEY_REGIONS_BACKEND overrides "auto"), "torch" or "triton"
-    # (forced, unchecked).
+    # Key-region implementation: "auto" (the Triton kernels on CUDA, PyTorch otherwise; the
+    # kernels' first call on a GPU is checked against PyTorch and dropped, with a warning, if it
+    # fails or differs beyond key_regions.AUTO_ATOL on any rank; KD_DET2_KEY_REGIONS_BACKEND
+    # overrides "auto"), "torch" or "triton" (forced, unchecked).
     _C.BACKEND = "auto"
 
 
