@@ -355,6 +355,7 @@ def key_region_weights(
     topk: int = 30,
     mask_before_topk: bool = False,
     backend: str = "auto",
+    anchors_per_location: int = 1,
 ) -> Tuple[Tensor, Tensor]:
     """PGD's prediction-guided weights W (one map per xi in ``alphas``) and background map B.
 
@@ -381,12 +382,22 @@ def key_region_weights(
             ``TRITON_INTERPRET=1``) or "auto" (see :func:`resolve_backend`; when "auto" picks the
             kernel, its first call on a device is checked against PyTorch, see
             :func:`checked_triton`).
+        anchors_per_location: A > 1 (anchor heads with several anchors per location, R = L * A
+            in (location, anchor) order, the A anchors of a location sharing its centre): rank
+            locations, not anchors, by the best quality of their anchors,
+            ``q(l, g) = max_a q(l a, g)``; the top-K locations are the candidates and the maps
+            are per location. Always the PyTorch implementation.
 
     Returns:
-        weights (len(alphas), N, R) in [0, 1], 0 outside every valid GT box;
-        background (N, R) in {0, 1}: 1 where the centre lies inside no valid GT box.
+        weights (len(alphas), N, R / A) in [0, 1], 0 outside every valid GT box;
+        background (N, R / A) in {0, 1}: 1 where the centre lies inside no valid GT box.
     """
-    chosen = resolve_backend(backend, scores.device, topk)
+    a = int(anchors_per_location)
+    if a < 1 or scores.shape[1] % a:
+        raise ValueError(
+            f"key_region_weights: {scores.shape[1]} predictions are not {a} anchors per location"
+        )
+    chosen = "torch" if a > 1 else resolve_backend(backend, scores.device, topk)
     if chosen == "triton":
         from .key_regions_triton import key_region_weights_triton
 
@@ -411,30 +422,33 @@ def key_region_weights(
     if n > step:  # bound the memory of the (N, G, R) temporaries
         batch = (scores, pred_boxes, gt_boxes, gt_classes, gt_valid)
         chunks = [[x[i : i + step] for x in batch] for i in range(0, n, step)]
-        args = (alphas, topk, mask_before_topk, backend)
+        args = (alphas, topk, mask_before_topk, backend, a)
         parts = [key_region_weights(s, p, points, b, c, v, *args) for s, p, b, c, v in chunks]
         return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts], dim=0)
     with torch.no_grad():
         device = scores.device
-        weights = torch.zeros(len(alphas), n, r, device=device)
+        locations = r // a
+        weights = torch.zeros(len(alphas), n, locations, device=device)
         if g == 0 or r == 0:
-            return weights, torch.ones(n, r, device=device)
-        points = points.float()
+            return weights, torch.ones(n, locations, device=device)
+        points = points.float()[::a]  # (L, 2): one centre per location
         gt = gt_boxes.float()
         valid_gt = gt_valid.bool()
-        inside = points_inside_boxes(points, gt) & valid_gt[..., None]  # (N, G, R)
+        inside = points_inside_boxes(points, gt) & valid_gt[..., None]  # (N, G, L)
         background = (~inside.any(dim=1)).float()
         iou = _pairwise_iou(pred_boxes.float(), gt)
         index = gt_classes.long().clamp(0, num_classes - 1)[..., None].expand(n, g, r)
         prob_t = scores.float().nan_to_num(0.0).transpose(1, 2)  # (N, K, R)
         outside = ~inside if mask_before_topk else None
-        k = min(int(topk), r)
+        k = min(int(topk), locations)
         for i, xi in enumerate(alphas):
             # quality_key(prob, iou, xi), with the power taken on (N, K, R) before the gather
             if xi >= 0.5:
                 key = _pow(prob_t, (1.0 - xi) / xi).gather(1, index).mul_(iou)  # (N, G, R)
             else:
                 key = _pow(iou, xi / (1.0 - xi)).mul_(prob_t.gather(1, index))
+            if a > 1:  # the best anchor of each location (the key is increasing in q)
+                key = key.view(n, g, locations, a).amax(dim=-1)  # (N, G, L)
             if outside is not None:
                 key.masked_fill_(outside, -1.0)
             idx = _stable_topk(key, k)  # (N, G, k)
@@ -455,15 +469,18 @@ def reference_key_region_weights(
     alphas: Sequence[float] = (0.8, 0.6),
     topk: int = 30,
     mask_before_topk: bool = False,
+    anchors_per_location: int = 1,
 ) -> Tuple[Tensor, Tensor]:
     """Deliberately simple per-image, per-GT loop version of :func:`key_region_weights`.
 
     Slow; used only by the tests as the reference. Same arguments and returns.
     """
     n, r, _ = scores.shape
-    weights = torch.zeros(len(alphas), n, r)
-    background = torch.ones(n, r)
-    pts = points.float().cpu()
+    a_per = int(anchors_per_location)
+    locations = r // a_per
+    weights = torch.zeros(len(alphas), n, locations)
+    background = torch.ones(n, locations)
+    pts = points.float().cpu()[::a_per]
     for img in range(n):
         for j in range(gt_boxes.shape[1]):
             if not bool(gt_valid[img, j]):
@@ -486,9 +503,12 @@ def reference_key_region_weights(
             prob = scores[img, :, int(gt_classes[img, j])].float().cpu()
             for i, xi in enumerate(alphas):
                 q = quality_key(prob, iou, xi)
+                q = torch.stack(
+                    [q[loc * a_per : (loc + 1) * a_per].max() for loc in range(locations)]
+                )
                 if mask_before_topk:
                     q = torch.where(inside, q, torch.full_like(q, -1.0))
-                order = torch.sort(q, descending=True, stable=True).indices[: min(topk, r)]
+                order = torch.sort(q, descending=True, stable=True).indices[: min(topk, locations)]
                 if mask_before_topk:
                     order = order[inside[order]]
                 if len(order) == 0:

@@ -7,14 +7,14 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.modeling.box_regression import Box2BoxTransformLinear
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import EventStorage
 
 from kd_det2.config import get_kd_cfg
 from kd_det2.modeling.distillers import PGD, build_distillers
 from kd_det2.modeling.distillers.pgd import _normalise, pgd_cls_terms, pgd_reg_loss
 from kd_det2.modeling.outputs import DetectorOutputs, ModelSpec
-from kd_det2.ops import key_region_weights, pad_gt
+from kd_det2.ops import key_region_weights, pad_gt, reference_key_region_weights
 
 SIZES = [(8, 8), (4, 4)]
 STRIDES = [8, 16]
@@ -213,8 +213,8 @@ def test_normalised_fg_mask_sums_to_the_mean_nonzero_weight():
             assert m[i].sum().item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_anchor_based_maps_are_max_over_the_anchors_of_a_location():
-    d = _pgd(a=2)
+def test_anchor_level_topk_maps_are_max_over_the_anchors_of_a_location():
+    d = _pgd(a=2, topk_over="anchors")
     t = _outputs(a=2)
     w_cls, _, bg = d.key_region_maps(t, GTS)
     logits = torch.cat([_hwa(x, K) for x in t.predictions["cls_logits"]], 1)
@@ -230,6 +230,34 @@ def test_anchor_based_maps_are_max_over_the_anchors_of_a_location():
     assert torch.equal(w_cls[0].reshape(2, -1), per_loc[:, :64])
     assert torch.equal(w_cls[1].reshape(2, -1), per_loc[:, 64:])
     assert torch.equal(bg[0].reshape(2, -1), b.view(2, -1, 2)[:, :64, 0])
+
+
+def test_location_level_topk_ranks_locations_by_their_best_anchor():
+    """TOPK_OVER "locations": K distinct locations per GT, ranked by the best quality of their
+    anchors, equal to the reference loop; the anchor-level variant can select fewer locations."""
+    t = _outputs(a=2)
+    logits = torch.cat([_hwa(x, K) for x in t.predictions["cls_logits"]], 1)
+    deltas = torch.cat([_hwa(x, 4) for x in t.predictions["box_deltas"]], 1)
+    anchors = Boxes.cat(t.anchors).tensor
+    transform = Box2BoxTransformLinear(normalize_by_size=True)
+    boxes = transform.apply_deltas(deltas.reshape(-1, 4), anchors.repeat(2, 1)).view(2, -1, 4)
+    centres = Boxes(anchors).get_centers()
+    gt = pad_gt(GTS)
+    w, b = key_region_weights(logits.sigmoid(), boxes, centres, *gt, topk=5, anchors_per_location=2)
+    ref_w, ref_b = reference_key_region_weights(
+        logits.sigmoid(), boxes, centres, *gt, topk=5, anchors_per_location=2
+    )
+    assert w.shape == (2, 2, 80) and torch.allclose(w, ref_w, atol=1e-6)
+    assert torch.equal(b, ref_b)
+    # the distiller's maps are these, split per level
+    w_cls, _, bg = _pgd(a=2, topk=5, exclude_padding=False).key_region_maps(t, GTS)
+    assert torch.equal(torch.cat([x.reshape(2, -1) for x in w_cls], 1), w[0])
+    # a GT holding every centre: exactly K distinct locations get a weight
+    big = pad_gt([_gt([[-1e3, -1e3, 1e3, 1e3]]), _gt([[-1e3, -1e3, 1e3, 1e3]])])
+    w_big, _ = key_region_weights(
+        logits.sigmoid(), boxes, centres, *big, topk=5, anchors_per_location=2
+    )
+    assert int((w_big[0, 0] > 0).sum()) == 5
 
 
 def test_official_xy_swap_transposes_the_in_box_test():
@@ -307,3 +335,22 @@ def test_config_errors(tmp_path):
     with pytest.raises(ValueError, match="box2box_transform"):
         build_distillers(cfg, ["PGD"], student, no_transform)
     assert isinstance(build_distillers(cfg, ["PGD"], student, student)["PGD"], PGD)
+
+
+def test_padding_locations_are_left_out_of_the_maps():
+    """EXCLUDE_PADDING: a location whose centre is in the batch padding (right of a narrower
+    image) is 0 in W and B, and never a candidate (its quality is 0)."""
+    t = _outputs()
+    t.images = ImageList(torch.zeros(2, 3, 64, 64), [(64, 64), (64, 40)])  # image 1: 40 px wide
+    w_cls, w_reg, bg = _pgd().key_region_maps(t, GTS)
+    w_all, _, bg_all = _pgd(exclude_padding=False).key_region_maps(t, GTS)
+    for lvl, anchors in enumerate(t.anchors):
+        cols = anchors.get_centers()[:, 0].view(SIZES[lvl])[0]  # centre x of each column
+        padding = cols >= 40
+        assert padding.any() and not padding.all()
+        assert (bg[lvl][1][..., padding] == 0).all() and (w_cls[lvl][1][..., padding] == 0).all()
+        assert (w_reg[lvl][1][..., padding] == 0).all()
+        assert torch.equal(bg[lvl][0], bg_all[lvl][0])  # the full-width image is unchanged
+        assert torch.equal(bg[lvl][1][..., ~padding], bg_all[lvl][1][..., ~padding])
+    # counted as background when padding is not excluded
+    assert (bg_all[0][1][..., t.anchors[0].get_centers()[:8, 0] >= 40] == 1).any()

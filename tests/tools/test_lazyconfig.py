@@ -35,6 +35,7 @@ EXPECTED = {
     ),
     "projects/PGD/configs/fcos_r50.py": ("KDDenseDetector", "FCOS", ["PGD"]),
     "projects/PGD/configs/retinanet_r50.py": ("KDDenseDetector", "RetinaNet", ["PGD"]),
+    "projects/PGD/configs/fcos_r50_official.py": ("KDDenseDetector", "FCOS", ["PGD"]),
     "projects/demo/configs/fcos_R_18_pgd.py": ("KDDenseDetector", "FCOS", ["PGD"]),
     "projects/demo/configs/gfl_R_18_FPN128_teacher.py": ("GFL", None, None),
     "projects/demo/configs/gfl_R_18_student.py": ("KDDenseDetector", "GFL", []),

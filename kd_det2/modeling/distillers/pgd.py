@@ -8,6 +8,7 @@ foreground-only, channel-attention-weighted MSE. Notation: N images, C channels,
 H x W, A anchors per location, K classes, R locations x anchors over all levels.
 """
 
+import logging
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -16,6 +17,7 @@ from detectron2.config import CfgNode as CN
 from detectron2.config import configurable
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import get_event_storage
+from detectron2.utils.logger import log_first_n
 from torch import Tensor, nn
 
 from ...config.defaults import register_kd_config_hook
@@ -37,7 +39,7 @@ _EPS = 1e-10
 #: MODEL.KD.PGD keys passed to ``PGD.__init__`` as the lower-case keyword of the same name.
 _SCALAR_KEYS = (
     "XI_CLS XI_REG TOPK TEMPERATURE ALPHA BETA GAMMA DELTA TOWER_BLOCK MASK_BEFORE_TOPK "
-    "OFFICIAL_BATCH_MASK_MIXING OFFICIAL_XY_SWAP ADAPT BACKEND"
+    "OFFICIAL_BATCH_MASK_MIXING OFFICIAL_XY_SWAP ADAPT BACKEND TOPK_OVER EXCLUDE_PADDING"
 ).split()
 
 
@@ -82,6 +84,17 @@ def add_pgd_config(cfg: CN) -> None:
     # fails or differs beyond key_regions.AUTO_ATOL on any rank; KD_DET2_KEY_REGIONS_BACKEND
     # overrides "auto"), "torch" or "triton" (forced, unchecked).
     _C.BACKEND = "auto"
+    # Heads with several anchors per location (RetinaNet: 9): "locations" ranks locations by the
+    # best quality of their anchors and takes the top-K locations (K distinct places, as with
+    # the one-anchor heads of the paper); "anchors" takes the top-K anchors and the max weight
+    # over a location's anchors (the spec's reading; K anchors often share 1-3 locations).
+    # Always the PyTorch implementation for "locations" with A > 1.
+    _C.TOPK_OVER = "locations"
+    # Leave the batch padding out: locations whose centre lies outside their image get quality
+    # 0 (no score, no box), and 0 in W and B, hence out of the masks' normalisers, as the
+    # official anchor-based heads (ATSS, GFL) do. False counts padding as background, as the
+    # official anchor-free heads (FCOS) do.
+    _C.EXCLUDE_PADDING = True
 
 
 def _attention(feat: Tensor, temperature: float) -> Tuple[Tensor, Tensor]:
@@ -258,6 +271,8 @@ class PGD(Distiller):
         official_xy_swap: bool = False,
         adapt: bool = True,
         backend: str = "auto",
+        topk_over: str = "locations",
+        exclude_padding: bool = True,
     ):
         """
         Args:
@@ -278,6 +293,12 @@ class PGD(Distiller):
         self.tower_block = int(tower_block)
         self.mask_before_topk = bool(mask_before_topk)
         self.backend = str(backend)
+        if topk_over not in ("locations", "anchors"):
+            raise ValueError(
+                f"MODEL.KD.PGD.TOPK_OVER must be 'locations' or 'anchors', got {topk_over!r}"
+            )
+        self.topk_over = topk_over
+        self.exclude_padding = bool(exclude_padding)
         self.batch_mask_mixing = bool(official_batch_mask_mixing)
         self.alpha, self.beta, self.gamma, self.delta = (
             float(x) for x in (alpha, beta, gamma, delta)
@@ -291,6 +312,16 @@ class PGD(Distiller):
                 )
         self.adapters = nn.ModuleDict(
             {t: build_adapter(student_channels[t], teacher_channels[t]) for t in ("cls", "reg")}
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"xi={self.xis}, topk={self.topk}, topk_over={self.topk_over}, T={self.temperature}, "
+            f"alpha={self.alpha}, beta={self.beta}, gamma={self.gamma}, delta={self.delta}, "
+            f"level_weights={self.level_weights}, tower_block={self.tower_block}, "
+            f"mask_before_topk={self.mask_before_topk}, "
+            f"official_batch_mask_mixing={self.batch_mask_mixing}, "
+            f"official_xy_swap={self.xy_swap}, exclude_padding={self.exclude_padding}"
         )
 
     @classmethod
@@ -369,21 +400,47 @@ class PGD(Distiller):
                 deltas.reshape(-1, d), anchors[None].expand(n, r, 4).reshape(-1, 4)
             ).view(n, r, 4)
             points = (anchors[:, :2] + anchors[:, 2:]) * 0.5  # (R, 2) centres (x, y)
+            valid = self._inside_images(teacher, anchors)  # (N, R) or None
+            if valid is not None:  # padding: no score, no box, hence quality 0
+                scores = scores * valid[..., None]
+                boxes = boxes * valid[..., None]
             if self.xy_swap:
                 points = points.flip(1)
             gt = pad_gt(gt_instances)
+            by_location = a > 1 and self.topk_over == "locations"
             weights, background = key_region_weights(
-                scores, boxes, points, *gt, self.xis, self.topk, self.mask_before_topk, self.backend
+                scores,
+                boxes,
+                points,
+                *gt,
+                self.xis,
+                self.topk,
+                self.mask_before_topk,
+                self.backend,
+                anchors_per_location=a if by_location else 1,
             )
-        if a > 1:  # (h, w, a) order: A is the fastest axis of R within every level
+        if a > 1 and not by_location:  # (h, w, a) order: A is the fastest axis of R in a level
             weights = weights.view(2, n, -1, a).amax(dim=-1)
             background = background.view(n, -1, a).amin(dim=-1)
+        if valid is not None:
+            valid = valid[:, ::a].to(weights.dtype)
+            weights, background = weights * valid, background * valid
         counts = [int(h) * int(w) for h, w in sizes]
 
         def split(x: Tensor) -> List[Tensor]:
             return [m.reshape(n, 1, *hw) for m, hw in zip(x.split(counts, dim=1), sizes)]
 
         return split(weights[0]), split(weights[1]), split(background)
+
+    def _inside_images(self, teacher: DetectorOutputs, anchors: Tensor):
+        """(N, R) bool, whether each anchor's centre lies inside its image (not in the padding
+        of the batch), or None when padding is not excluded (``exclude_padding`` False, or no
+        image sizes)."""
+        if not self.exclude_padding or teacher.images is None:
+            return None
+        hw = torch.tensor(teacher.images.image_sizes, device=anchors.device, dtype=anchors.dtype)
+        centres = (anchors[:, :2] + anchors[:, 2:]) * 0.5
+        return (centres[None, :, 0] < hw[:, None, 1]) & (centres[None, :, 1] < hw[:, None, 0])
 
     def _block(self, outputs: DetectorOutputs, tower: str, role: str) -> List[Tensor]:
         blocks = outputs.tower_blocks.get(tower, [])
@@ -395,6 +452,15 @@ class PGD(Distiller):
         return blocks[self.tower_block]
 
     def forward(self, teacher: DetectorOutputs, student: DetectorOutputs, gt_instances):
+        if self.batch_mask_mixing and len(gt_instances) != 4:
+            log_first_n(
+                logging.WARNING,
+                f"PGD: OFFICIAL_BATCH_MASK_MIXING with {len(gt_instances)} images per process; "
+                "the official numbers come from 4 images per GPU (the mixing factor is the sum "
+                "of the per-process batch's masks).",
+                n=1,
+                name=__name__,
+            )
         w_cls, w_reg, bg = self.key_region_maps(teacher, gt_instances)
         terms: Dict[str, List[Tensor]] = {k: [] for k in _TERMS}
         for tower in ("cls", "reg"):
