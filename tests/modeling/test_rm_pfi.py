@@ -11,7 +11,9 @@ from detectron2.layers import ShapeSpec
 
 from kd_det2.config import get_kd_cfg
 from kd_det2.modeling.distillers import PFI, RM
+from kd_det2.modeling.distillers.base import cat_dense_levels
 from kd_det2.modeling.distillers.rm_pfi import (
+    gather_dense,
     pfi_weight,
     positive_groups,
     rank_mimic_loss,
@@ -234,6 +236,20 @@ def test_rm_without_gt_is_finite_zero_and_teacher_gets_no_gradient():
     loss["loss_kd_rm_cls"].backward()
     assert all(x.grad is None for x in t_levels)
     assert sum(x.grad.abs().sum() for x in s_levels) > 0
+
+
+def test_gather_dense_equals_indexing_the_concatenated_levels():
+    k, a = 4, 9
+    levels = random_levels(2, a, k, 0, requires_grad=True)
+    r = sum(h * w for h, w in SIZES) * a
+    image, anchor = torch.randint(0, 2, (50,)), torch.randint(0, r, (50,))
+    channel = torch.randint(0, k, (50,))
+    out = gather_dense(levels, k, image, anchor, channel)
+    torch.testing.assert_close(out, cat_dense_levels(levels, k)[image, anchor, channel])
+    out.sum().backward()
+    assert sum(int((x.grad != 0).sum()) for x in levels) == len(
+        set(zip(image.tolist(), anchor.tolist(), channel.tolist()))
+    )
 
 
 def test_positive_groups_ignore_background_and_ignored_anchors():

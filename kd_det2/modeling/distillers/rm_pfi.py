@@ -31,7 +31,6 @@ from ..outputs import DetectorOutputs, ModelSpec
 from .base import (
     KD_DISTILLER_REGISTRY,
     Distiller,
-    cat_dense_levels,
     check_features,
     check_same_head_levels,
 )
@@ -40,6 +39,7 @@ __all__ = [
     "PFI",
     "RM",
     "add_rm_pfi_config",
+    "gather_dense",
     "pfi_level_loss",
     "pfi_weight",
     "rank_mimic_loss",
@@ -221,6 +221,33 @@ def positive_groups(assignment: Dict[str, Tensor], num_classes: int) -> Tuple[Te
     return image, anchor, labels[image, anchor], image * g_max + gt
 
 
+def gather_dense(
+    levels: List[Tensor], k: int, image: Tensor, anchor: Tensor, channel: Tensor
+) -> Tensor:
+    """Entries of per-level dense head outputs at given anchors, without concatenating them.
+
+    Args:
+        levels: per level (N, A*k, Hi, Wi).
+        image, anchor, channel: (P,) long; ``anchor`` indexes the anchors of all levels in
+            detectron2's order (level, y, x, anchor), that of ``base.cat_dense_levels``.
+
+    Returns:
+        (P,) ``cat_dense_levels(levels, k)[image, anchor, channel]``, differentiable.
+    """
+    out = levels[0].new_zeros(anchor.shape[0])
+    start = 0
+    for x in levels:
+        a, w = x.shape[1] // k, x.shape[3]
+        size = x.shape[2] * w * a
+        inside = (anchor >= start) & (anchor < start + size)
+        r = (anchor - start).clamp(0, size - 1)  # valid indices everywhere; masked below
+        location, j = r // a, r % a
+        values = x[image, j * k + channel, location // w, location % w]
+        out = torch.where(inside, values, out)
+        start += size
+    return out
+
+
 @KD_DISTILLER_REGISTRY.register()
 class RM(Distiller):
     """Rank mimicking: per GT, KL(softmax of the teacher's scores || the student's) over the GT's
@@ -305,15 +332,17 @@ class RM(Distiller):
             terms["quality"] = (self.quality, 1, torch.zeros_like(label))
         losses, ranked = {}, 0
         for term, (key, k, channel) in terms.items():
-            s_all = cat_dense_levels(student.predictions[key], k)  # (N, R, k)
-            t_all = cat_dense_levels(teacher.predictions[key], k)
-            _check_same(f"RM {key}", s_all, t_all)
-            if s_all.shape[1] != student.assignment["gt_labels"].shape[1]:
+            s_levels, t_levels = student.predictions[key], teacher.predictions[key]
+            for i, (x, y) in enumerate(zip(s_levels, t_levels)):
+                _check_same(f"RM {key} level {i}", x, y)
+            num_anchors = sum(x[0].numel() for x in s_levels) // k
+            if num_anchors != student.assignment["gt_labels"].shape[1]:
                 raise ValueError(
-                    f"RM: {s_all.shape[1]} anchors in the predictions but "
+                    f"RM: {num_anchors} anchors in the predictions but "
                     f"{student.assignment['gt_labels'].shape[1]} in the assignment"
                 )
-            s, t = s_all[image, anchor, channel], t_all[image, anchor, channel].detach()
+            s = gather_dense(s_levels, k, image, anchor, channel)
+            t = gather_dense(t_levels, k, image, anchor, channel).detach()
             if self.score_space == "prob":
                 s, t = s.float().sigmoid(), t.float().sigmoid()
             loss, ranked = rank_mimic_loss(
