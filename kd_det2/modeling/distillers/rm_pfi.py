@@ -28,12 +28,7 @@ from torch import Tensor, nn
 from ...config.defaults import register_kd_config_hook
 from ..connectors import build_adapter
 from ..outputs import DetectorOutputs, ModelSpec
-from .base import (
-    KD_DISTILLER_REGISTRY,
-    Distiller,
-    check_features,
-    check_same_head_levels,
-)
+from .base import KD_DISTILLER_REGISTRY, Distiller, check_features, check_same_head_levels
 
 __all__ = [
     "PFI",
