@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """The kd_det2 demo (``make demo``): teacher, plain student and distilled student on kd_shapes.
 
-For each detector family the ``--methods`` need (FCOS for pgd/fitnet, GFL for the ld* methods):
+For each detector family the ``--methods`` need (FCOS for pgd, fitnet, logit, rm, pfi and rm-pfi;
+GFL for the ld* methods and gfl-fitnet):
 
 1. trains the teacher (cached: skipped when its checkpoint and config are unchanged),
 2. trains the student on the same schedule and seed, plainly and with each distillation method
@@ -11,7 +12,8 @@ For each detector family the ``--methods`` need (FCOS for pgd/fitnet, GFL for th
 Other data: ``DATASETS.TRAIN "('voc:<dir>:trainval',)" DATASETS.TEST "('voc:<dir>:test',)"`` (or
 ``coco:<file.json>`` names) as overrides; NUM_CLASSES then follows the training set's classes.
 
-    python tools/demo.py [--methods pgd,fitnet,ld,ld-main,ld-main-vlr,gfl-fitnet]
+    python tools/demo.py [--methods pgd,fitnet,logit,rm,pfi,rm-pfi,ld,ld-main,ld-main-vlr,
+                                    gfl-fitnet]
                          [--student-iters N] [--teacher-iters N] [--seed S] [--output DIR]
                          [--force-teacher] [KEY VALUE ...]
 """
@@ -53,7 +55,11 @@ _NO_KD = ["MODEL.KD.LD.LOSS_WEIGHT_KD", "0.0"]
 #: --methods name -> (family, distilled-student config, config overrides)
 DISTILLED = {
     "pgd": ("FCOS", "fcos_R_18_pgd.yaml", []),
-    "fitnet": ("FCOS", "fcos_R_18_fitnet.yaml", []),
+    "fitnet": ("FCOS", "fcos_R_18_fitnet.yaml", []),  # FitNet + soft-label logit KD
+    "logit": ("FCOS", "fcos_R_18_logit.yaml", []),  # soft-label logit KD alone
+    "rm": ("FCOS", "fcos_R_18_rm.yaml", []),  # rank mimicking (cls + centerness)
+    "pfi": ("FCOS", "fcos_R_18_pfi.yaml", []),  # prediction-guided feature imitation
+    "rm-pfi": ("FCOS", "fcos_R_18_rm_pfi.yaml", []),  # both: the paper's "KD-RP"
     "ld": ("GFL", "gfl_R_18_ld.yaml", []),  # main KD + main LD + VLR LD (the paper's "Ours")
     "ld-main": ("GFL", "gfl_R_18_ld.yaml", _NO_VLR + _NO_KD),
     "ld-main-vlr": ("GFL", "gfl_R_18_ld.yaml", _NO_KD),

@@ -39,12 +39,28 @@ def test_demo_ld_trains_the_gfl_family_and_caches_its_teacher(tmp_path):
     assert "GFL teacher checkpoint and config unchanged" in again
 
 
-def test_demo_fits_num_classes_to_the_training_set(tmp_path):
+def _demo_module():
     sys.path.insert(0, os.path.join(ROOT, "tools"))
     try:
         import demo
     finally:
         sys.path.remove(os.path.join(ROOT, "tools"))
+    return demo
+
+
+def test_every_demo_method_distils_a_student_of_its_family():
+    demo = _demo_module()
+    for method, (family, name, extra) in demo.DISTILLED.items():
+        cfg = demo.load_cfg(name, extra + ["DATASETS.TRAIN", "()"])
+        assert cfg.MODEL.KD.STUDENT_META_ARCHITECTURE == family, method
+        assert cfg.MODEL.KD.DISTILLERS, method
+        teacher = os.path.basename(cfg.MODEL.KD.TEACHER.CONFIG_FILE)
+        assert teacher == demo.FAMILIES[family][0], method
+    assert demo.DISTILLED["rm-pfi"][1] == "fcos_R_18_rm_pfi.yaml"
+
+
+def test_demo_fits_num_classes_to_the_training_set(tmp_path):
+    demo = _demo_module()
     objects = [("x", 1, 1, 20, 20), ("y", 5, 5, 30, 30)]
     root = write_voc(tmp_path, {"a": (64, 48, objects)}, {"train": ["a"]})
     cfg = demo.load_cfg("fcos_R_18_pgd.yaml", ["DATASETS.TRAIN", f"('voc:{root}:train',)"])

@@ -21,6 +21,7 @@ CONFIGS = sorted(
     for p in glob.glob(os.path.join(ROOT, "projects", "**", "configs", "*.py"), recursive=True)
 )
 KD = ["FitNet", "LogitKD"]
+RM_PFI = ["RM", "PFI"]
 # config -> (type of model, type of the student or None, distiller names)
 EXPECTED = {
     "projects/demo/configs/fcos_R_18_FPN128_teacher.py": ("FCOS", None, None),
@@ -44,6 +45,13 @@ EXPECTED = {
     "projects/LD/configs/gfl_r50.py": ("KDDenseDetector", "GFL", ["LD"]),
     "projects/LD/configs/gfl_r34.py": ("KDDenseDetector", "GFL", ["LD"]),
     "projects/LD/configs/gfl_r18.py": ("KDDenseDetector", "GFL", ["LD"]),
+    "projects/RM_PFI/configs/retinanet_r50.py": ("KDDenseDetector", "RetinaNet", RM_PFI),
+    "projects/RM_PFI/configs/fcos_r50.py": ("KDDenseDetector", "FCOS", RM_PFI),
+    "projects/RM_PFI/configs/gfl_r50.py": ("KDDenseDetector", "GFL", RM_PFI),
+    "projects/demo/configs/fcos_R_18_rm.py": ("KDDenseDetector", "FCOS", ["RM"]),
+    "projects/demo/configs/fcos_R_18_pfi.py": ("KDDenseDetector", "FCOS", ["PFI"]),
+    "projects/demo/configs/fcos_R_18_rm_pfi.py": ("KDDenseDetector", "FCOS", RM_PFI),
+    "projects/demo/configs/fcos_R_18_logit.py": ("KDDenseDetector", "FCOS", ["LogitKD"]),
 }
 TOOL = os.path.join("tools", "lazyconfig_train_net.py")
 FITNET = "projects/demo/configs/fcos_R_18_fitnet.py"

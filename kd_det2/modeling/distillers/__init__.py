@@ -10,6 +10,7 @@ from .base import (
 from .baselines import FitNet, LogitKD
 from .ld import LD
 from .pgd import PGD
+from .rm_pfi import PFI, RM
 
 __all__ = [
     "KD_DISTILLER_REGISTRY",
@@ -17,7 +18,9 @@ __all__ = [
     "FitNet",
     "LD",
     "LogitKD",
+    "PFI",
     "PGD",
+    "RM",
     "build_distillers",
     "check_features",
     "registered_distillers",
