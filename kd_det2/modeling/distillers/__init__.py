@@ -8,6 +8,7 @@ from .base import (
     registered_distillers,
 )
 from .baselines import FitNet, LogitKD
+from .hgd import HGD
 from .ld import LD
 from .pgd import PGD
 
@@ -15,6 +16,7 @@ __all__ = [
     "KD_DISTILLER_REGISTRY",
     "Distiller",
     "FitNet",
+    "HGD",
     "LD",
     "LogitKD",
     "PGD",
