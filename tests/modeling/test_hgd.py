@@ -353,6 +353,9 @@ def test_micro_weights_sum_to_a_plus_b_and_padding_and_focus():
         assert torch.allclose(focus[0], m[0] * rho.detach(), rtol=1e-5)
     uniform = micro_weights(d, boxes, sizes, 8, enabled=False)
     assert torch.allclose(uniform[1][:5, :6], torch.full((5, 6), 1 / 30))
+    # a cell that overlaps the image is not padding, even when its centre lies outside it
+    coarse = micro_weights(torch.rand(1, 1, 1), [torch.zeros(0, 4)], [(40, 48)], 128)
+    assert coarse.item() == pytest.approx(0.5)
 
 
 # ------------------------------------------------------------------------------------- macro

@@ -43,6 +43,13 @@ EXPECTED = {
     "projects/LD/configs/gfl_r50.py": ("KDDenseDetector", "GFL", ["LD"]),
     "projects/LD/configs/gfl_r34.py": ("KDDenseDetector", "GFL", ["LD"]),
     "projects/LD/configs/gfl_r18.py": ("KDDenseDetector", "GFL", ["LD"]),
+    "projects/HGD/configs/retinanet_r50.py": ("KDDenseDetector", "RetinaNet", ["HGD"]),
+    "projects/HGD/configs/faster_rcnn_r50.py": (
+        "KDGeneralizedRCNN",
+        "GeneralizedRCNN",
+        ["HGD"],
+    ),
+    "projects/demo/configs/fcos_R_18_hgd.py": ("KDDenseDetector", "FCOS", ["HGD"]),
 }
 TOOL = os.path.join("tools", "lazyconfig_train_net.py")
 FITNET = "projects/demo/configs/fcos_R_18_fitnet.py"

@@ -346,9 +346,10 @@ def instance_mask(
 
 
 def _valid_mask(image_size: Tuple[int, int], stride: int, height: int, width: int, device):
-    """(H, W) bool: cells whose centre lies in the image (not in the batch padding)."""
-    ys = _cell_centres(height, stride, device) < image_size[0]
-    xs = _cell_centres(width, stride, device) < image_size[1]
+    """(H, W) bool: cells that overlap the image (i r < h and j r < w), i.e. not entirely in the
+    batch padding."""
+    ys = torch.arange(height, device=device) * stride < image_size[0]
+    xs = torch.arange(width, device=device) * stride < image_size[1]
     return ys[:, None] & xs[None, :]
 
 
@@ -368,10 +369,10 @@ def micro_weights(
 ) -> Tensor:
     """Micro weights m of one term, per image: ``[a G / sum G + b B / sum B] * rho``.
 
-    G: :func:`instance_mask`; B = 1[G = 0] on the cells inside the image (batch padding is
-    neither); rho = (d / mean d)^kappa, the mean over the image's cells (kappa = 0: rho = 1).
-    An image without GT boxes has only the background term. ``enabled`` False: m is uniform over
-    the image's cells (sum 1).
+    G: :func:`instance_mask`; B = 1[G = 0] on the cells that overlap the image (cells entirely in
+    the batch padding are neither); rho = (d / mean d)^kappa, the mean over the image's cells
+    (kappa = 0: rho = 1). An image without GT boxes has only the background term. ``enabled``
+    False: m is uniform over the image's cells (sum 1).
 
     Args:
         d: (N, H, W) discrepancy of the term.
