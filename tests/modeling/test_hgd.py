@@ -247,8 +247,33 @@ def test_standardize_is_per_image_and_channel_over_space():
     y = standardize(x)
     assert torch.allclose(y.mean(dim=(2, 3)), torch.zeros(2, 3), atol=1e-5)
     assert torch.allclose(y.std(dim=(2, 3), correction=0), torch.ones(2, 3), atol=1e-3)
-    z = standardize(torch.cat([x[:1], 10 * x[1:]]))  # another image's scale changes nothing
-    assert torch.allclose(z, y, atol=1e-3)  # up to the 1e-5 of N(.)
+    spec = (x - x.mean(dim=(2, 3), keepdim=True)) / (
+        x.std(dim=(2, 3), keepdim=True, correction=0) + 1e-5
+    )
+    assert torch.allclose(standardize(x, std_floor=0.0), spec, atol=1e-5)
+    z = standardize(torch.cat([x[:1], 10 * x[1:]]), std_floor=0.0)  # the other image's scale
+    assert torch.allclose(z, y, atol=1e-3)  # changes nothing (up to the 1e-5 of N(.))
+
+
+def test_std_floor_bounds_the_gradient_of_flat_channels_and_keeps_one_by_one_maps_finite():
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(2, 4, 3, 3, generator=g)
+    x = torch.randn(2, 4, 3, 3, generator=g)
+    x[0, 0] = 1.0 + 1e-4 * torch.randn(3, 3, generator=g)  # flat in image 0 only
+    x[:, 1] = 0.5  # dead in the whole batch
+    grads = {}
+    for floor in (0.0, 0.1):
+        s = x.clone().requires_grad_()
+        discrepancy(s, t, std_floor=floor).sum().backward()
+        assert torch.isfinite(s.grad).all()
+        grads[floor] = s.grad
+    assert grads[0.0][0, 0].abs().max() > 1e3 and grads[0.0][:, 1].abs().max() > 1e4
+    assert grads[0.1][0, 0].abs().max() < 50 and grads[0.1][:, 1].abs().max() < 2e3
+    assert torch.allclose(grads[0.1][1, 2:], grads[0.0][1, 2:], atol=1e-4)  # others: unchanged
+    one = torch.randn(2, 4, 1, 1, requires_grad=True)
+    d = discrepancy(one, torch.randn(2, 4, 1, 1))
+    d.sum().backward()
+    assert d.abs().max() == 0 and torch.equal(one.grad, torch.zeros_like(one))
 
 
 def test_term_is_mean_over_images_of_micro_weighted_discrepancy_by_hand():
@@ -495,6 +520,7 @@ def test_r50_teacher_to_r18_student_trains_adapters_and_student(tmp_path):
     with EventStorage() as storage:
         losses = model(make_batch(size=64))
     sum(losses.values()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     assert all(hgd.adapters[k][0].weight.grad.abs().sum() > 0 for k in ("res3", "res5"))
     assert model.student.backbone.bottom_up.res3[0].conv1.weight.grad.abs().sum() > 0
     logged = storage.latest()
@@ -508,6 +534,7 @@ def test_r50_teacher_to_r18_student_trains_adapters_and_student(tmp_path):
         ("MACRO_TEMPERATURE", 0.0, "MACRO_TEMPERATURE"),
         ("DIRECT", False, "DIRECT and CROSS_FORWARD are both False"),
         ("FOCUS_EXPONENT", -1.0, "FOCUS_EXPONENT"),
+        ("STD_FLOOR", -1.0, "STD_FLOOR"),
         ("NECK", False, None),
     ],
 )

@@ -47,6 +47,7 @@ __all__ = [
     "micro_weights",
     "model_taps",
     "stage_correspondence",
+    "spatial_moments",
     "standardize",
 ]
 
@@ -54,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 _EPS = 1e-5  # of N(F) = (F - mu) / (sigma + eps)
 _TINY = 1e-12
+_MAP_SHARE = 0.01  # a channel's reference spread is at least this share of the map's
 GROUPS = ("backbone", "neck")
 MACRO_MODES = ("adaptive", "fixed")
 #: a tap's shape: a ShapeSpec, or (channels, stride)
@@ -86,6 +88,9 @@ def add_hgd_config(cfg: CN) -> None:
     _C.ADAPTER_NORM = "BN"
     # Standardise both maps per image and channel over space before comparing them (N(.)).
     _C.NORMALIZE = True
+    # N's std is at least STD_FLOOR x the channel's RMS std over the batch (itself at least 1% of
+    # the map's): bounds the gradient of spatially flat channels; 0: the spec's sigma + 1e-5.
+    _C.STD_FLOOR = 0.1
     # Micro re-weighting; False: every location of an image has the same weight (a plain mean).
     _C.MICRO = True
     # Foreground mask G: each GT box spreads a total mass of 1 over its cells (1 / area per
@@ -268,29 +273,58 @@ def cross_forward_terms(
 
 
 # --------------------------------------------------------------------------------- imitation
-def standardize(x: Tensor) -> Tensor:
-    """N(F) = (F - mu) / (sigma + 1e-5), mu and sigma (population) per image and channel over
-    space. (N, C, H, W) -> (N, C, H, W)."""
-    mean = x.mean(dim=(2, 3), keepdim=True)
-    std = x.std(dim=(2, 3), keepdim=True, correction=0)
-    return (x - mean) / (std + _EPS)
+def spatial_moments(x: Tensor, std_floor: float = 0.1) -> Tuple[Tensor, Tensor]:
+    """Per image and channel: the spatial mean mu and the scale sigma_hat + 1e-5 of N(.).
+
+    sigma_hat = max(sigma, floor): sigma the (population) std over space, and floor =
+    ``std_floor`` * max(sigma_bar_c, 0.01 * sigma_bar), sigma_bar_c the channel's RMS of sigma
+    over the batch and sigma_bar the map's RMS of sigma_bar_c over channels (both detached). The
+    floor bounds the gradient (otherwise about 1 / (sigma + 1e-5)) of channels that are flat in an
+    image (a dead channel, a 1x1 map): their normalised values shrink instead of being blown up
+    to unit variance. N stays invariant to a positive scale per channel (up to the 1% share of
+    the map). ``std_floor`` 0: the spec's (F - mu) / (sigma + 1e-5).
+
+    Args:
+        x: (N, C, H, W).
+
+    Returns:
+        (mu, sigma_hat + 1e-5), each (N, C, 1, 1).
+    """
+    var, mean = torch.var_mean(x, dim=(2, 3), keepdim=True, correction=0)
+    std = var.clamp(min=_TINY).sqrt()  # the clamp keeps the gradient of a flat map finite
+    if std_floor > 0:
+        with torch.no_grad():
+            channel = var.mean(dim=0, keepdim=True).sqrt()  # (1, C, 1, 1)
+            reference = torch.maximum(channel, _MAP_SHARE * channel.pow(2).mean().sqrt())
+        std = torch.maximum(std, std_floor * reference)
+    return mean, std + _EPS
 
 
-def discrepancy(student: Tensor, teacher: Tensor, normalize: bool = True) -> Tensor:
+def standardize(x: Tensor, std_floor: float = 0.1) -> Tensor:
+    """N(F) = (F - mu) / (sigma_hat + 1e-5) per image and channel over space
+    (:func:`spatial_moments`). (N, C, H, W) -> (N, C, H, W)."""
+    mean, scale = spatial_moments(x, std_floor)
+    return (x - mean) / scale
+
+
+def discrepancy(
+    student: Tensor, teacher: Tensor, normalize: bool = True, std_floor: float = 0.1
+) -> Tensor:
     """The per-location imitation discrepancy, in float32.
 
     Args:
         student: (N, C, H, W) adapted student map (gradient flows through).
         teacher: (N, C, H, W) teacher map (a detached target).
         normalize: compare N(teacher) and N(student) (:func:`standardize`); else the raw maps.
+        std_floor: see :func:`spatial_moments`.
 
     Returns:
         (N, H, W): d = (1 / C) sum_c (N(T) - N(S))^2.
     """
     s, t = student.float(), teacher.detach().float()
     if normalize:
-        t = standardize(t)
-        s = standardize(s)
+        t = standardize(t, std_floor)
+        s = standardize(s, std_floor)
     return (t - s).pow(2).mean(dim=1)
 
 
@@ -436,6 +470,7 @@ class HGD(Distiller):
         cross_forward: bool = False,
         adapter_norm: str = "BN",
         normalize: bool = True,
+        std_floor: float = 0.1,
         micro: bool = True,
         instance_balanced: bool = True,
         fg_weight: float = 1.0,
@@ -457,7 +492,15 @@ class HGD(Distiller):
         """
         super().__init__()
         _check_args(
-            groups, direct, cross_forward, micro, fg_weight, bg_weight, focus_exponent, min_area
+            groups,
+            direct,
+            cross_forward,
+            micro,
+            fg_weight,
+            bg_weight,
+            focus_exponent,
+            min_area,
+            std_floor,
         )
         _check_macro(macro, macro_temperature, macro_momentum)
         pairs = stage_correspondence(student_taps, teacher_taps, stages, groups)
@@ -485,6 +528,7 @@ class HGD(Distiller):
         )
         self.loss_weight = float(loss_weight)
         self.normalize = bool(normalize)
+        self.std_floor = float(std_floor)
         self._micro = dict(
             enabled=bool(micro),
             instance_balanced=bool(instance_balanced),
@@ -514,6 +558,7 @@ class HGD(Distiller):
             "cross_forward": h.CROSS_FORWARD,
             "adapter_norm": h.ADAPTER_NORM,
             "normalize": h.NORMALIZE,
+            "std_floor": h.STD_FLOOR,
             "micro": h.MICRO,
             "instance_balanced": h.INSTANCE_BALANCED,
             "fg_weight": h.FG_WEIGHT,
@@ -571,21 +616,19 @@ class HGD(Distiller):
                 f"HGD: a student map {tuple(s.shape)} and its teacher map {tuple(t.shape)} differ"
             )
         with torch.autocast(s.device.type, enabled=False):
-            d = discrepancy(s, t, self.normalize)
+            d = discrepancy(s, t, self.normalize, self.std_floor)
             m = micro_weights(d, boxes, sizes, stride, **self._micro)
             return (m * d).sum() / d.shape[0]
 
     def _to_teacher_scale(self, a: Tensor, t: Tensor) -> Tensor:
-        """The adapted student map with the teacher map's per-image, per-channel mean and
-        standard deviation (a detached target): N(a) (sigma_T + eps) + mu_T, equal to t when
-        N(a) = N(t). Without ``normalize``, ``a`` itself."""
+        """The adapted student map with the teacher map's per-image, per-channel mean and scale
+        (a detached target): N(a) scale_T + mu_T, equal to t when N(a) = N(t). Without
+        ``normalize``, ``a`` itself."""
         if not self.normalize:
             return a
         with torch.autocast(a.device.type, enabled=False):
-            t = t.float()
-            mean = t.mean(dim=(2, 3), keepdim=True)
-            std = t.std(dim=(2, 3), keepdim=True, correction=0)
-            return standardize(a.float()) * (std + _EPS) + mean
+            mean, scale = spatial_moments(t.float(), self.std_floor)
+            return standardize(a.float(), self.std_floor) * scale + mean
 
     @staticmethod
     def _teacher_stages(teacher: DetectorOutputs) -> Dict[str, nn.Module]:
@@ -637,7 +680,7 @@ class HGD(Distiller):
 
 
 def _check_args(
-    groups, direct, cross_forward, micro, fg_weight, bg_weight, focus_exponent, min_area
+    groups, direct, cross_forward, micro, fg_weight, bg_weight, focus_exponent, min_area, std_floor
 ) -> None:
     bad = [g for g in groups if g not in GROUPS]
     if bad or not groups:
@@ -654,6 +697,8 @@ def _check_args(
         )
     if focus_exponent < 0:
         raise ValueError(f"MODEL.KD.HGD.FOCUS_EXPONENT must be >= 0, got {focus_exponent}")
+    if std_floor < 0:
+        raise ValueError(f"MODEL.KD.HGD.STD_FLOOR must be >= 0, got {std_floor}")
     if min_area <= 0:
         raise ValueError(f"MODEL.KD.HGD.MIN_AREA must be > 0 (cells), got {min_area}")
 
