@@ -9,9 +9,10 @@
    student alone, + the teacher's forward, + HGD, for HGD on all stages (res2-res5 + P3-P7),
    on the neck levels only, on the bottom-up stages only, and with the cross-forward terms.
    The variants run back to back on each batch (tools/benchmark_kd_step.py).
-2. The distiller alone at COCO scale (random R50 -> R101 taps of a 800 x 1344 batch of 2, 10 GT
-   boxes per image): median ms of HGD's forward + backward for the same stage sets (no
-   cross-forward: it needs the teacher's stages).
+2. The distiller alone on random taps, at demo scale (R18-FPN64 <- R18-FPN128, 8 images of
+   128 px, 3 GT boxes each) and COCO scale (R50 <- R101 taps, 2 images of 800 x 1344, 10 GT boxes
+   each): median ms of HGD's forward + backward for the same stage sets (no cross-forward: it
+   needs the teacher's stages).
 """
 import argparse
 import os
@@ -39,10 +40,33 @@ VARIANTS = {
     "bottom-up only (res2-res5)": ["MODEL.KD.HGD.NECK", "False"],
     "all stages + cross-forward": ["MODEL.KD.HGD.CROSS_FORWARD", "True"],
 }
-#: COCO-scale taps: name -> (channels, stride), ResNet-50/101 and a 256-channel FPN
-COCO_TAPS = {
-    "backbone": {"res2": (256, 4), "res3": (512, 8), "res4": (1024, 16), "res5": (2048, 32)},
-    "neck": {f"p{i}": (256, 2**i) for i in range(3, 8)},
+#: scale -> (student taps, teacher taps, images, height, width, GTs per image); taps are
+#: name -> (channels, stride)
+_R18 = {"res2": (64, 4), "res3": (128, 8), "res4": (256, 16), "res5": (512, 32)}
+_R50 = {"res2": (256, 4), "res3": (512, 8), "res4": (1024, 16), "res5": (2048, 32)}
+
+
+def _fpn(width):
+    return {f"p{i}": (width, 2**i) for i in range(3, 8)}
+
+
+SCALES = {
+    "demo (R18-FPN64 <- R18-FPN128, 8 x 128 x 128)": (
+        {"backbone": _R18, "neck": _fpn(64)},
+        {"backbone": _R18, "neck": _fpn(128)},
+        8,
+        128,
+        128,
+        3,
+    ),
+    "COCO (R50-FPN <- R101-FPN, 2 x 800 x 1344)": (
+        {"backbone": _R50, "neck": _fpn(256)},
+        {"backbone": _R50, "neck": _fpn(256)},
+        2,
+        800,
+        1344,
+        10,
+    ),
 }
 
 
@@ -84,39 +108,40 @@ def _timed(fn, iters: int, device: torch.device) -> float:
     return statistics.median(times[1:]) * 1000  # the first call warms up
 
 
-def distiller_table(iters: int, device: torch.device, n=2, h=800, w=1344, num_gt=10):
+def distiller_table(iters: int, device: torch.device):
+    """HGD's forward + backward alone on random taps, per scale and stage set."""
     rows = []
     groups = {"all stages": ["backbone", "neck"], "neck only": ["neck"]}
     groups["bottom-up only"] = ["backbone"]
-    images = ImageList(torch.zeros(n, 3, h, w, device=device), [(h, w)] * n)
-    gts = []
-    for _ in range(n):
-        xy = torch.rand(num_gt, 2, device=device) * torch.tensor([w * 0.7, h * 0.7], device=device)
-        inst = Instances((h, w))
-        inst.gt_boxes = Boxes(torch.cat([xy, xy + torch.rand_like(xy) * 300 + 8], dim=1))
-        gts.append(inst)
+    for scale, (s_taps, t_taps, n, h, w, num_gt) in SCALES.items():
+        images = ImageList(torch.zeros(n, 3, h, w, device=device), [(h, w)] * n)
+        gts = []
+        for _ in range(n):
+            xy = torch.rand(num_gt, 2, device=device) * torch.tensor([w * 0.7, h * 0.7])
+            inst = Instances((h, w))
+            inst.gt_boxes = Boxes(torch.cat([xy, xy + torch.rand_like(xy) * h * 0.3 + 8], 1))
+            gts.append(inst)
 
-    def taps(grad):
-        out = {}
-        for group, shapes in COCO_TAPS.items():
-            out[group] = {
-                k: torch.randn(n, c, -(-h // s), -(-w // s), device=device, requires_grad=grad)
-                for k, (c, s) in shapes.items()
+        def maps(taps, grad):
+            return {
+                group: {
+                    k: torch.randn(n, c, -(-h // r), -(-w // r), device=device, requires_grad=grad)
+                    for k, (c, r) in shapes.items()
+                }
+                for group, shapes in taps.items()
             }
-        return out
 
-    s, t = taps(True), taps(False)
-    student = DetectorOutputs(images, s["backbone"], s["neck"], list(s["neck"]))
-    teacher = DetectorOutputs(images, t["backbone"], t["neck"], list(t["neck"]))
-    for name, g in groups.items():
-        hgd = HGD(student_taps=COCO_TAPS, teacher_taps=COCO_TAPS, groups=g).to(device).train()
+        s, t = maps(s_taps, True), maps(t_taps, False)
+        student = DetectorOutputs(images, s["backbone"], s["neck"], list(s["neck"]))
+        teacher = DetectorOutputs(images, t["backbone"], t["neck"], list(t["neck"]))
+        for name, g in groups.items():
+            hgd = HGD(student_taps=s_taps, teacher_taps=t_taps, groups=g).to(device).train()
 
-        def run():
-            hgd(teacher, student, gts)["loss_kd_hgd"].backward()
+            def run():
+                hgd(teacher, student, gts)["loss_kd_hgd"].backward()
 
-        rows.append(
-            {"HGD on": name, "terms": len(hgd.term_names), "fwd+bwd ms": _timed(run, iters, device)}
-        )
+            ms = _timed(run, iters, device)
+            rows.append({"scale": scale, "HGD on": name, "terms": len(hgd.term_names), "ms": ms})
     return rows
 
 
@@ -125,7 +150,7 @@ def main(argv=None):
     parser.add_argument("--step-config", default="projects/demo/fcos_R_18_hgd.yaml")
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--distiller-iters", type=int, default=3, help="COCO-scale repetitions")
+    parser.add_argument("--distiller-iters", type=int, default=3, help="distiller-alone repeats")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-step", action="store_true", help="only time the distiller alone")
     args = parser.parse_args(argv)
@@ -138,8 +163,8 @@ def main(argv=None):
         print(tabulate(rows, headers="keys", tablefmt="pipe", floatfmt=".2f"))
     rows = distiller_table(args.distiller_iters, device)
     print(
-        f"\nHGD alone, COCO scale (R50 -> R101 taps, 2 x 800 x 1344, 10 GTs per image): median "
-        f"of {args.distiller_iters} after one warm-up call, device {device}, {threads} threads"
+        f"\nHGD alone (forward + backward on random taps): median of {args.distiller_iters} "
+        f"after one warm-up call, device {device}, {threads} threads"
     )
     print(tabulate(rows, headers="keys", tablefmt="pipe", floatfmt=".1f"))
 
