@@ -83,13 +83,13 @@ def add_hgd_config(cfg: CN) -> None:
     # Add cross-forward terms: phi_s(S_s), given the teacher's per-channel statistics, goes
     # through the frozen teacher's next bottom-up stage and imitates that stage's own output.
     _C.CROSS_FORWARD = False
-    # Norm after the 1x1 conv of the bottom-up stage adapters ("BN" as the spec, "" none). Neck
+    # Norm after the 1x1 conv of the bottom-up stage adapters ("BN", or "" for none). Neck
     # adapters are a 1x1 conv without norm. Equal widths: the conv starts as the identity.
     _C.ADAPTER_NORM = "BN"
     # Standardise both maps per image and channel over space before comparing them (N(.)).
     _C.NORMALIZE = True
     # N's std is at least STD_FLOOR x the channel's RMS std over the batch (itself at least 1% of
-    # the map's): bounds the gradient of spatially flat channels; 0: the spec's sigma + 1e-5.
+    # the map's): bounds the gradient of spatially flat channels; 0: the plain sigma + 1e-5.
     _C.STD_FLOOR = 0.1
     # Micro re-weighting; False: every location of an image has the same weight (a plain mean).
     _C.MICRO = True
@@ -282,7 +282,7 @@ def spatial_moments(x: Tensor, std_floor: float = 0.1) -> Tuple[Tensor, Tensor]:
     floor bounds the gradient (otherwise about 1 / (sigma + 1e-5)) of channels that are flat in an
     image (a dead channel, a 1x1 map): their normalised values shrink instead of being blown up
     to unit variance. N stays invariant to a positive scale per channel (up to the 1% share of
-    the map). ``std_floor`` 0: the spec's (F - mu) / (sigma + 1e-5).
+    the map). ``std_floor`` 0: the plain (F - mu) / (sigma + 1e-5).
 
     Args:
         x: (N, C, H, W).
