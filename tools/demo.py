@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """The kd_det2 demo (``make demo``): teacher, plain student and distilled student on kd_shapes.
 
-For each detector family the ``--methods`` need (FCOS for pgd, fitnet, logit, rm, pfi and rm-pfi;
-GFL for the ld* methods and gfl-fitnet):
+For each detector family the ``--methods`` need (FCOS for pgd, fitnet, logit, rm, pfi, rm-pfi
+and hgd*; GFL for the ld* methods and gfl-fitnet):
 
 1. trains the teacher (cached: skipped when its checkpoint and config are unchanged),
 2. trains the student on the same schedule and seed, plainly and with each distillation method
@@ -13,7 +13,7 @@ Other data: ``DATASETS.TRAIN "('voc:<dir>:trainval',)" DATASETS.TEST "('voc:<dir
 ``coco:<file.json>`` names) as overrides; NUM_CLASSES then follows the training set's classes.
 
     python tools/demo.py [--methods pgd,fitnet,logit,rm,pfi,rm-pfi,ld,ld-main,ld-main-vlr,
-                                    gfl-fitnet]
+                                    gfl-fitnet,hgd,hgd-...]
                          [--student-iters N] [--teacher-iters N] [--seed S] [--output DIR]
                          [--force-teacher] [KEY VALUE ...]
 """
@@ -52,6 +52,12 @@ FAMILIES = {
 }
 _NO_VLR = ["MODEL.KD.LD.LOSS_WEIGHT_VLR", "0.0"]
 _NO_KD = ["MODEL.KD.LD.LOSS_WEIGHT_KD", "0.0"]
+
+
+def _hgd(key: str, value: str) -> List[str]:
+    return [f"MODEL.KD.HGD.{key}", value]
+
+
 #: --methods name -> (family, distilled-student config, config overrides)
 DISTILLED = {
     "pgd": ("FCOS", "fcos_R_18_pgd.yaml", []),
@@ -64,6 +70,16 @@ DISTILLED = {
     "ld-main": ("GFL", "gfl_R_18_ld.yaml", _NO_VLR + _NO_KD),
     "ld-main-vlr": ("GFL", "gfl_R_18_ld.yaml", _NO_KD),
     "gfl-fitnet": ("GFL", "gfl_R_18_fitnet.yaml", []),
+    # HGD (our interpretation, docs/HGD.md): the full method, then one switch flipped per row
+    "hgd": ("FCOS", "fcos_R_18_hgd.yaml", []),
+    "hgd-no-micro": ("FCOS", "fcos_R_18_hgd.yaml", _hgd("MICRO", "False")),
+    "hgd-no-instance": ("FCOS", "fcos_R_18_hgd.yaml", _hgd("INSTANCE_BALANCED", "False")),
+    "hgd-no-focus": ("FCOS", "fcos_R_18_hgd.yaml", _hgd("FOCUS_EXPONENT", "0.0")),
+    "hgd-fixed-macro": ("FCOS", "fcos_R_18_hgd.yaml", _hgd("MACRO", "fixed")),
+    "hgd-no-norm": ("FCOS", "fcos_R_18_hgd.yaml", _hgd("NORMALIZE", "False")),
+    "hgd-neck": ("FCOS", "fcos_R_18_hgd.yaml", _hgd("BACKBONE", "False")),
+    "hgd-backbone": ("FCOS", "fcos_R_18_hgd.yaml", _hgd("NECK", "False")),
+    "hgd-cross": ("FCOS", "fcos_R_18_hgd.yaml", _hgd("CROSS_FORWARD", "True")),
 }
 
 

@@ -108,6 +108,9 @@ class ModelSpec:
             predictions; None for two-stage models.
         arch_bases: the names of the detector's class and of all its base classes (so that a
             subclass of GFL counts as a GFL).
+        stage_order: the names of the bottom-up stages the backbone exposes to be run one at a
+            time (see :mod:`kd_det2.modeling.stages`), in order, including those that are not
+            outputs; empty when the backbone does not expose its stages.
     """
 
     kind: str
@@ -121,6 +124,7 @@ class ModelSpec:
     input_format: str = "BGR"
     box2box_transform: Any = None
     arch_bases: Tuple[str, ...] = ()
+    stage_order: Tuple[str, ...] = ()
 
     def is_a(self, archs: Iterable[str]) -> bool:
         """Whether the detector is (a subclass of) one of the detector classes ``archs``."""

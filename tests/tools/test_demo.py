@@ -66,3 +66,37 @@ def test_demo_fits_num_classes_to_the_training_set(tmp_path):
     cfg = demo.load_cfg("fcos_R_18_pgd.yaml", ["DATASETS.TRAIN", f"('voc:{root}:train',)"])
     assert cfg.MODEL.FCOS.NUM_CLASSES == 2
     assert list(cfg.MODEL.KD.TEACHER.OPTS)[-2:] == ["MODEL.FCOS.NUM_CLASSES", "2"]
+
+
+#: demo row -> what its override changes in the built HGD distiller
+HGD_ROWS = {
+    "hgd": lambda d: [p.student for p in d.pairs]
+    == ["res2", "res3", "res4", "res5", "p3", "p4", "p5", "p6", "p7"],
+    "hgd-no-micro": lambda d: not d._micro["enabled"],
+    "hgd-no-instance": lambda d: not d._micro["instance_balanced"],
+    "hgd-no-focus": lambda d: d._micro["focus_exponent"] == 0,
+    "hgd-fixed-macro": lambda d: d.macro == "fixed",
+    "hgd-no-norm": lambda d: not d.normalize,
+    "hgd-neck": lambda d: {p.group for p in d.pairs} == {"neck"},
+    "hgd-backbone": lambda d: {p.group for p in d.pairs} == {"backbone"},
+    "hgd-cross": lambda d: [c.name for c in d.cross_terms]
+    == ["res2>res3", "res3>res4", "res4>res5"],
+}
+
+
+def test_demo_hgd_rows_build_with_their_switch(monkeypatch):
+    from detectron2.modeling import build_model
+
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    try:
+        import demo
+    finally:
+        sys.path.remove(os.path.join(ROOT, "tools"))
+    monkeypatch.chdir(ROOT)
+    assert sorted(HGD_ROWS) == sorted(m for m in demo.DISTILLED if m.startswith("hgd"))
+    for method, check in HGD_ROWS.items():
+        family, name, overrides = demo.DISTILLED[method]
+        opts = ["DATASETS.TRAIN", "()", "MODEL.KD.TEACHER.REQUIRE_WEIGHTS", "False"] + overrides
+        cfg = demo.load_cfg(name, opts)
+        cfg.MODEL.KD.TEACHER.WEIGHTS = ""
+        assert family == "FCOS" and check(build_model(cfg).distillers["HGD"]), method

@@ -52,6 +52,13 @@ EXPECTED = {
     "projects/demo/configs/fcos_R_18_pfi.py": ("KDDenseDetector", "FCOS", ["PFI"]),
     "projects/demo/configs/fcos_R_18_rm_pfi.py": ("KDDenseDetector", "FCOS", RM_PFI),
     "projects/demo/configs/fcos_R_18_logit.py": ("KDDenseDetector", "FCOS", ["LogitKD"]),
+    "projects/HGD/configs/retinanet_r50.py": ("KDDenseDetector", "RetinaNet", ["HGD"]),
+    "projects/HGD/configs/faster_rcnn_r50.py": (
+        "KDGeneralizedRCNN",
+        "GeneralizedRCNN",
+        ["HGD"],
+    ),
+    "projects/demo/configs/fcos_R_18_hgd.py": ("KDDenseDetector", "FCOS", ["HGD"]),
 }
 TOOL = os.path.join("tools", "lazyconfig_train_net.py")
 FITNET = "projects/demo/configs/fcos_R_18_fitnet.py"

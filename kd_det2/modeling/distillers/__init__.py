@@ -8,6 +8,7 @@ from .base import (
     registered_distillers,
 )
 from .baselines import FitNet, LogitKD
+from .hgd import HGD
 from .ld import LD
 from .pgd import PGD
 from .rm_pfi import PFI, RM
@@ -16,6 +17,7 @@ __all__ = [
     "KD_DISTILLER_REGISTRY",
     "Distiller",
     "FitNet",
+    "HGD",
     "LD",
     "LogitKD",
     "PFI",

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from ..distillers import Distiller, build_distillers
 from ..distillers.base import distiller_needs
 from ..outputs import DetectorOutputs, ModelSpec
+from ..stages import bottom_up
 from ..teacher import build_teacher, freeze
 
 __all__ = ["KDMetaArchBase", "TEACHER_PREFIX"]
@@ -173,9 +174,7 @@ class KDMetaArchBase(nn.Module):
     @staticmethod
     def backbone_shapes(model: nn.Module) -> Tuple[Dict[str, ShapeSpec], Dict[str, ShapeSpec]]:
         """(bottom-up stage shapes, neck output shapes) of a detector's backbone."""
-        backbone = model.backbone
-        bottom_up = getattr(backbone, "bottom_up", backbone)
-        return dict(bottom_up.output_shape()), dict(backbone.output_shape())
+        return dict(bottom_up(model).output_shape()), dict(model.backbone.output_shape())
 
     # ---------------------------------------------------------------------------- training
     @property

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from ..outputs import DetectionLossFn, DetectorOutputs, ModelSpec
 from ..recorders import ForwardRecorder, get_submodule, record_calls
+from ..stages import stage_order
 from .base import KDMetaArchBase
 
 __all__ = ["KDDenseDetector", "PREDICTION_NAMES", "TOWER_PATHS", "assignment_from_matches"]
@@ -107,6 +108,7 @@ class KDDenseDetector(KDMetaArchBase):
             num_anchors=model.anchor_generator.num_cell_anchors[0],
             input_format=input_format,
             arch_bases=tuple(c.__name__ for c in type(model).__mro__),
+            stage_order=stage_order(model),
             box2box_transform=getattr(model, "box2box_transform", None),
         )
 

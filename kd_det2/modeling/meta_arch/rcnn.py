@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from ..outputs import DetectionLossFn, DetectorOutputs, ModelSpec
 from ..recorders import ForwardRecorder, record_calls
+from ..stages import stage_order
 from .base import KDMetaArchBase
 
 __all__ = ["KDGeneralizedRCNN"]
@@ -56,6 +57,7 @@ class KDGeneralizedRCNN(KDMetaArchBase):
             num_anchors=pg.anchor_generator.num_cell_anchors[0],
             input_format=input_format,
             arch_bases=tuple(c.__name__ for c in type(model).__mro__),
+            stage_order=stage_order(model),
         )
 
     def student_step(
