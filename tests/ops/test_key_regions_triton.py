@@ -492,6 +492,7 @@ def test_pgd_passes_its_backend(monkeypatch):
             "box_deltas": [torch.zeros(1, 4, 2, 2)],
         },
         anchors=[Boxes(torch.tensor([[0.0, 0, 8, 8]]).repeat(4, 1))],
+        images=None,  # no image sizes: padding is not excluded
     )
     gt = Instances(
         (16, 16), gt_boxes=Boxes(torch.tensor([[0.0, 0, 9, 9]])), gt_classes=torch.tensor([1])
