@@ -212,7 +212,9 @@ def build_kd_model(
         init_student_from_teacher: copy the teacher's tensors into the student where names and
             shapes match (see :func:`kd_det2.modeling.meta_arch.base.init_student_from_teacher`).
             Skipped when the wrapper has no teacher (e.g. evaluation, where the trained weights
-            are loaded afterwards anyway).
+            are loaded afterwards anyway). Without distillers, the teacher is dropped after the
+            copy (the wrapper gets ``teacher=None``), as ``MODEL.KD.INIT_STUDENT_FROM_TEACHER``
+            does for a plain student.
         init_student_skip: name prefixes left alone (default: the bottom-up backbone, i.e. the
             neck and the head are initialised from the teacher).
         kwargs: arguments of the wrapper (``student``, ``teacher``, ``distillers``, ...).
@@ -226,7 +228,11 @@ def build_kd_model(
     cls = META_ARCH_REGISTRY.get(meta_arch)
     if not (isinstance(cls, type) and issubclass(cls, KDMetaArchBase)):
         raise ValueError(f"build_kd_model needs a KD wrapper, got meta_arch='{meta_arch}'")
-    model = cls(**kwargs)
-    if init_student_from_teacher and model.teacher is not None:
-        init_student(model.student, model.teacher, init_student_skip)
-    return model
+    teacher = kwargs.get("teacher")
+    if init_student_from_teacher and teacher is not None:
+        init_student(kwargs["student"], teacher, init_student_skip)
+        if not kwargs.get("distillers"):
+            # Plain training from the teacher's initialisation, as in yacs: the teacher is not
+            # needed after the copy.
+            kwargs["teacher"] = None
+    return cls(**kwargs)

@@ -24,9 +24,9 @@ KD = ["FitNet", "LogitKD"]
 RM_PFI = ["RM", "PFI"]
 # config -> (type of model, type of the student or None, distiller names)
 EXPECTED = {
-    "projects/demo/configs/fcos_R_18_FPN128_teacher.py": ("FCOS", None, None),
-    "projects/demo/configs/fcos_R_18_student.py": ("KDDenseDetector", "FCOS", []),
-    "projects/demo/configs/fcos_R_18_fitnet.py": ("KDDenseDetector", "FCOS", KD),
+    "projects/demo/configs/fcos_teacher.py": ("FCOS", None, None),
+    "projects/demo/configs/fcos_student.py": ("KDDenseDetector", "FCOS", []),
+    "projects/demo/configs/fcos_fitnet.py": ("KDDenseDetector", "FCOS", KD),
     "projects/Baselines/configs/fcos_R_50_fitnet.py": ("KDDenseDetector", "FCOS", KD),
     "projects/Baselines/configs/retinanet_R_50_fitnet.py": ("KDDenseDetector", "RetinaNet", KD),
     "projects/Baselines/configs/faster_rcnn_R_50_fitnet.py": (
@@ -37,31 +37,31 @@ EXPECTED = {
     "projects/PGD/configs/fcos_r50.py": ("KDDenseDetector", "FCOS", ["PGD"]),
     "projects/PGD/configs/retinanet_r50.py": ("KDDenseDetector", "RetinaNet", ["PGD"]),
     "projects/PGD/configs/fcos_r50_official.py": ("KDDenseDetector", "FCOS", ["PGD"]),
-    "projects/demo/configs/fcos_R_18_pgd.py": ("KDDenseDetector", "FCOS", ["PGD"]),
-    "projects/demo/configs/gfl_R_18_FPN128_teacher.py": ("GFL", None, None),
-    "projects/demo/configs/gfl_R_18_student.py": ("KDDenseDetector", "GFL", []),
-    "projects/demo/configs/gfl_R_18_ld.py": ("KDDenseDetector", "GFL", ["LD"]),
-    "projects/demo/configs/gfl_R_18_fitnet.py": ("KDDenseDetector", "GFL", ["FitNet"]),
+    "projects/demo/configs/fcos_pgd.py": ("KDDenseDetector", "FCOS", ["PGD"]),
+    "projects/demo/configs/gfl_teacher.py": ("GFL", None, None),
+    "projects/demo/configs/gfl_student.py": ("KDDenseDetector", "GFL", []),
+    "projects/demo/configs/gfl_ld.py": ("KDDenseDetector", "GFL", ["LD"]),
+    "projects/demo/configs/gfl_fitnet.py": ("KDDenseDetector", "GFL", ["FitNet"]),
     "projects/LD/configs/gfl_r50.py": ("KDDenseDetector", "GFL", ["LD"]),
     "projects/LD/configs/gfl_r34.py": ("KDDenseDetector", "GFL", ["LD"]),
     "projects/LD/configs/gfl_r18.py": ("KDDenseDetector", "GFL", ["LD"]),
     "projects/RM_PFI/configs/retinanet_r50.py": ("KDDenseDetector", "RetinaNet", RM_PFI),
     "projects/RM_PFI/configs/fcos_r50.py": ("KDDenseDetector", "FCOS", RM_PFI),
     "projects/RM_PFI/configs/gfl_r50.py": ("KDDenseDetector", "GFL", RM_PFI),
-    "projects/demo/configs/fcos_R_18_rm.py": ("KDDenseDetector", "FCOS", ["RM"]),
-    "projects/demo/configs/fcos_R_18_pfi.py": ("KDDenseDetector", "FCOS", ["PFI"]),
-    "projects/demo/configs/fcos_R_18_rm_pfi.py": ("KDDenseDetector", "FCOS", RM_PFI),
-    "projects/demo/configs/fcos_R_18_logit.py": ("KDDenseDetector", "FCOS", ["LogitKD"]),
+    "projects/demo/configs/fcos_rm.py": ("KDDenseDetector", "FCOS", ["RM"]),
+    "projects/demo/configs/fcos_pfi.py": ("KDDenseDetector", "FCOS", ["PFI"]),
+    "projects/demo/configs/fcos_rm_pfi.py": ("KDDenseDetector", "FCOS", RM_PFI),
+    "projects/demo/configs/fcos_logit.py": ("KDDenseDetector", "FCOS", ["LogitKD"]),
     "projects/HGD/configs/retinanet_r50.py": ("KDDenseDetector", "RetinaNet", ["HGD"]),
     "projects/HGD/configs/faster_rcnn_r50.py": (
         "KDGeneralizedRCNN",
         "GeneralizedRCNN",
         ["HGD"],
     ),
-    "projects/demo/configs/fcos_R_18_hgd.py": ("KDDenseDetector", "FCOS", ["HGD"]),
+    "projects/demo/configs/fcos_hgd.py": ("KDDenseDetector", "FCOS", ["HGD"]),
 }
 TOOL = os.path.join("tools", "lazyconfig_train_net.py")
-FITNET = "projects/demo/configs/fcos_R_18_fitnet.py"
+FITNET = "projects/demo/configs/fcos_fitnet.py"
 
 
 def load_without_teacher_weights(path: str):
@@ -114,7 +114,9 @@ def test_config_instantiates_like_its_yaml_twin(path):
     ycfg.MODEL.DEVICE = "cpu"
     if is_kd:
         kd = ycfg.MODEL.KD
-        assert teacher == ((kd.TEACHER.CONFIG_FILE, kd.TEACHER.WEIGHTS) if distillers else None)
+        uses_teacher = bool(distillers) or kd.INIT_STUDENT_FROM_TEACHER
+        assert teacher == ((kd.TEACHER.CONFIG_FILE, kd.TEACHER.WEIGHTS) if uses_teacher else None)
+        assert model.student_input_format == ycfg.INPUT.FORMAT
         assert model.warmup_iters == kd.WARMUP_ITERS
     ycfg.MODEL.KD.TEACHER.REQUIRE_WEIGHTS = False
     ycfg.MODEL.KD.TEACHER.WEIGHTS = ""
@@ -124,19 +126,31 @@ def test_config_instantiates_like_its_yaml_twin(path):
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert frozen == {n for n, p in reference.named_parameters() if not p.requires_grad}
     assert str(getattr(model, "distillers", "")) == str(getattr(reference, "distillers", ""))
+    if is_kd and distillers:
+        assert model.teacher_input_format == reference.teacher_input_format
+    assert cfg.dataloader.train.mapper.image_format == ycfg.INPUT.FORMAT
     assert cfg.train.max_iter == ycfg.SOLVER.MAX_ITER
     assert cfg.optimizer.lr == ycfg.SOLVER.BASE_LR
     assert cfg.dataloader.train.total_batch_size == ycfg.SOLVER.IMS_PER_BATCH
 
 
-def test_pgd_student_neck_and_head_start_from_the_teacher():
-    cfg, _ = load_without_teacher_weights("projects/PGD/configs/fcos_r50.py")
+@pytest.mark.parametrize("path", ["projects/PGD/configs/fcos_r50.py", FITNET])
+def test_student_neck_and_head_start_from_the_teacher(path):
+    cfg, _ = load_without_teacher_weights(path)
     model = instantiate(cfg.model)
     student, teacher = model.student.state_dict(), model.teacher.state_dict()
     copied = [k for k in student if not k.startswith("backbone.bottom_up.")]
     assert copied and all(torch.equal(student[k], teacher[k]) for k in copied)
-    stem = "backbone.bottom_up.stem.conv1.weight"
-    assert not torch.equal(student[stem], teacher[stem])
+    bottom_up = [k for k in student if k.startswith("backbone.bottom_up.") and k in teacher]
+    assert all(not torch.equal(student[k], teacher[k]) for k in bottom_up if "weight" in k)
+
+
+def test_plain_demo_student_drops_the_teacher_after_the_copy():
+    cfg, teacher = load_without_teacher_weights("projects/demo/configs/fcos_student.py")
+    assert teacher == ("projects/demo/fcos_teacher.yaml", "output/demo/teacher_fcos/model_final.pth")
+    assert cfg.model.init_student_from_teacher
+    model = instantiate(cfg.model)
+    assert model.teacher is None and not model.distillers
 
 
 # ------------------------------------------------------------------ tools/lazyconfig_train_net.py
@@ -186,7 +200,7 @@ def workdir(tmp_path_factory) -> str:
     """Shared by the tool tests: generated mini datasets, tiny teacher config, checkpoints."""
     tmp = str(tmp_path_factory.mktemp("lazyconfig"))
     with open(os.path.join(tmp, "teacher.yaml"), "w") as f:
-        f.write(tiny_cfg("FCOS", depth=18, fpn=128, num_classes=6).dump())  # FitNet: 64 -> 128
+        f.write(tiny_cfg("FCOS", depth=18, fpn=64, num_classes=6).dump())  # the demo's FPN width
     return tmp
 
 

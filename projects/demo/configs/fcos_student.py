@@ -1,24 +1,44 @@
-"""LazyConfig twin of projects/demo/fcos_R_18_student.yaml.
+"""LazyConfig twin of projects/demo/fcos_student.yaml.
 
-Demo student, trained alone through the KD wrapper (no teacher, no distiller): FCOS R18-FPN
-(64 channels), otherwise as the demo teacher (data, solver, schedule).
+Demo student, trained alone through the KD wrapper (no distiller, no teacher forward): FCOS with
+an ImageNet-pretrained MobileNetV2 backbone (FrozenBN, stem + stage2 frozen; RGB input with
+ImageNet's mean/std) and the demo teacher's neck and head (fcos_teacher.py), whose weights it
+starts from (``init_student_from_teacher``: the teacher is dropped after the copy), 300
+iterations. The method configs set ``model.distillers`` on top of it.
 """
 
 from detectron2.config import LazyCall as L
-from detectron2.layers import ShapeSpec
 
-from kd_det2.modeling.meta_arch import KDDenseDetector
+from kd_det2.modeling.backbones import MobileNetV2Backbone
+from kd_det2.modeling.teacher import build_kd_model, build_teacher_model
 
-from .fcos_R_18_FPN128_teacher import _schedule, dataloader, model, optimizer, train  # noqa: F401
+from .fcos_teacher import _schedule, dataloader, optimizer, train  # noqa: F401
+from .fcos_teacher import model as _student
 
-# The teacher's FCOS (ResNet-18) with a 64-channel FPN and 2-conv towers.
-_student = model
-_student.backbone.out_channels = 64
-_student.head.input_shape = [ShapeSpec(channels=64)] * 5
-_student.head.conv_dims = [64, 64]
+_student.backbone.bottom_up = L(MobileNetV2Backbone)(
+    out_features=["stage2", "stage3", "stage4", "stage5"],
+    norm="FrozenBN",
+    freeze_at=2,
+    pretrained="imagenet",
+)
+_student.pixel_mean = [123.675, 116.28, 103.53]  # ImageNet, RGB, 0-255 units
+_student.pixel_std = [58.395, 57.12, 57.375]
 
-model = L(KDDenseDetector)(student=_student, teacher=None, distillers={}, warmup_iters=0)
+model = L(build_kd_model)(
+    meta_arch="KDDenseDetector",
+    init_student_from_teacher=True,  # MODEL.KD.INIT_STUDENT_FROM_TEACHER: the neck and the head
+    init_student_skip=["backbone.bottom_up."],
+    student=_student,
+    teacher=L(build_teacher_model)(
+        config_file="projects/demo/fcos_teacher.yaml",
+        weights="output/demo/teacher_fcos/model_final.pth",
+    ),
+    distillers={},
+    warmup_iters=0,
+    student_input_format="RGB",
+    teacher_input_format="RGB",
+)
 
-train.output_dir = "output/demo/student_fcos_R_18"
-train.max_iter = 200
-lr_multiplier = _schedule(200)
+train.output_dir = "output/demo/student_fcos"
+train.max_iter = 300
+lr_multiplier = _schedule(300)

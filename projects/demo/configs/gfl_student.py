@@ -1,23 +1,19 @@
-"""LazyConfig twin of projects/demo/gfl_R_18_student.yaml.
+"""LazyConfig twin of projects/demo/gfl_student.yaml.
 
-Demo GFL student, trained alone through the KD wrapper (no teacher, no distiller): GFL R18-FPN
-(64 channels, 2-conv towers), otherwise as the demo GFL teacher, 200 iterations.
+Demo GFL student, trained alone through the KD wrapper (no distiller, no teacher forward): GFL with
+the backbone of the FCOS demo student (ImageNet-pretrained MobileNetV2, RGB input) and the neck and
+head of the demo GFL teacher (gfl_teacher.py), whose weights it starts from, with the wrapper,
+data, solver and schedule (300 iterations) of fcos_student.py.
 """
 
-from detectron2.config import LazyCall as L
-from detectron2.layers import ShapeSpec
+from .fcos_student import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
+from .gfl_teacher import model as _gfl
 
-from kd_det2.modeling.meta_arch import KDDenseDetector
+_gfl.backbone = model.student.backbone  # MobileNetV2, 64-channel FPN, P6/P7 from P5
+_gfl.pixel_mean = model.student.pixel_mean
+_gfl.pixel_std = model.student.pixel_std
+model.student = _gfl
+model.teacher.config_file = "projects/demo/gfl_teacher.yaml"
+model.teacher.weights = "output/demo/teacher_gfl/model_final.pth"
 
-from .gfl_R_18_FPN128_teacher import _schedule, dataloader, model, optimizer, train  # noqa: F401
-
-_student = model
-_student.backbone.out_channels = 64
-_student.head.input_shape = [ShapeSpec(channels=64)] * 5
-_student.head.conv_dims = [64, 64]
-
-model = L(KDDenseDetector)(student=_student, teacher=None, distillers={}, warmup_iters=0)
-
-train.output_dir = "output/demo/student_gfl_R_18"
-train.max_iter = 200
-lr_multiplier = _schedule(200)
+train.output_dir = "output/demo/student_gfl"
