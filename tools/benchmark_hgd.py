@@ -4,16 +4,18 @@
     python tools/benchmark_hgd.py [--iters 10] [--warmup 2] [--distiller-iters 5] [--skip-step]
         [--cpu-time] [--device cpu]
 
-1. Training step at demo scale (``projects/demo/fcos_R_18_hgd.yaml``: FCOS R18 teacher and
-   student, 128 px, batch 8; with --step-config another config): median ms per iteration of the
-   student alone, + the teacher's forward, + HGD, for HGD on all stages (res2-res5 + P3-P7),
-   on the neck levels only, on the bottom-up stages only, and with the cross-forward terms.
+1. Training step at demo scale (``projects/demo/fcos_hgd.yaml``: FCOS EfficientNet-Lite2
+   teacher, FCOS MobileNetV2 student, 128 px, batch 8; with --step-config another config): median
+   ms per iteration of the student alone, + the teacher's forward, + HGD, for HGD on the config's
+   stages (the demo's: stage3-stage5 + P3-P7), on the neck levels only, on the bottom-up stages
+   only, and with the cross-forward terms.
    Every variant runs on every batch, one after the other, so that load changes of the machine
    affect them alike.
-2. The distiller alone on random taps, at demo scale (R18-FPN64 <- R18-FPN128, 8 images of
-   128 px, 3 GT boxes each) and COCO scale (R50 <- R101 taps, 2 images of 800 x 1344, 10 GT boxes
-   each): median ms of HGD's forward + backward for the same stage sets (no cross-forward: it
-   needs the teacher's stages).
+2. The distiller alone on random taps, at demo scale (MobileNetV2 <- EfficientNet-Lite2
+   stage3-stage5 and 64-channel P3-P7, 8 images of 128 px, 3 GT boxes each) and COCO scale (R50
+   <- R101 res2-res5 and 256-channel P3-P7, 2 images of 800 x 1344, 10 GT boxes each): median ms
+   of HGD's forward + backward for the same stage sets (no cross-forward: it needs the teacher's
+   stages).
 """
 import argparse
 import os
@@ -39,14 +41,16 @@ from benchmark_kd_step import _step  # noqa: E402
 
 #: variant -> MODEL.KD.HGD overrides
 VARIANTS = {
-    "all stages (res2-res5, P3-P7)": [],
+    "all stages (bottom-up, P3-P7)": [],
     "neck only (P3-P7)": ["MODEL.KD.HGD.BACKBONE", "False"],
-    "bottom-up only (res2-res5)": ["MODEL.KD.HGD.NECK", "False"],
+    "bottom-up only": ["MODEL.KD.HGD.NECK", "False"],
     "all stages + cross-forward": ["MODEL.KD.HGD.CROSS_FORWARD", "True"],
 }
 #: scale -> (student taps, teacher taps, images, height, width, GTs per image); taps are
 #: name -> (channels, stride)
-_R18 = {"res2": (64, 4), "res3": (128, 8), "res4": (256, 16), "res5": (512, 32)}
+# the demo's stage3-stage5 (stage2 is frozen in the demo student, so left out)
+_MOBILENET_V2 = {"stage3": (32, 8), "stage4": (96, 16), "stage5": (1280, 32)}
+_LITE2 = {"stage3": (48, 8), "stage4": (120, 16), "stage5": (352, 32)}
 _R50 = {"res2": (256, 4), "res3": (512, 8), "res4": (1024, 16), "res5": (2048, 32)}
 
 
@@ -55,9 +59,9 @@ def _fpn(width):
 
 
 SCALES = {
-    "demo (R18-FPN64 <- R18-FPN128, 8 x 128 x 128)": (
-        {"backbone": _R18, "neck": _fpn(64)},
-        {"backbone": _R18, "neck": _fpn(128)},
+    "demo (MobileNetV2-FPN64 <- EfficientNet-Lite2-FPN64, 8 x 128 x 128)": (
+        {"backbone": _MOBILENET_V2, "neck": _fpn(64)},
+        {"backbone": _LITE2, "neck": _fpn(64)},
         8,
         128,
         128,
@@ -188,7 +192,7 @@ def distiller_table(iters: int, device: torch.device, cpu_time: bool = False):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--step-config", default="projects/demo/fcos_R_18_hgd.yaml")
+    parser.add_argument("--step-config", default="projects/demo/fcos_hgd.yaml")
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--distiller-iters", type=int, default=5, help="distiller-alone repeats")

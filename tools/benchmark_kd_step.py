@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Time a KD training step: student alone, + teacher forward, + distillers.
 
-    python tools/benchmark_kd_step.py --config-file projects/demo/fcos_R_18_pgd.yaml \
+    python tools/benchmark_kd_step.py --config-file projects/demo/fcos_pgd.yaml \
         --iters 20 --warmup 3 [KEY VALUE ...]
 
 Builds the KD model from the config (the teacher with random weights when its checkpoint is

@@ -2,8 +2,8 @@
 """Benchmark distillation methods: one teacher, the plain student and each method, over seeds.
 
     python tools/benchmark_methods.py \\
-        --student-config projects/demo/fcos_R_18_student.yaml \\
-        --teacher-config projects/demo/fcos_R_18_FPN128_teacher.yaml \\
+        --student-config projects/demo/fcos_student.yaml \\
+        --teacher-config projects/demo/fcos_teacher.yaml \\
         --methods "PGD,FitNet+LogitKD,pgd-a=PGD@MODEL.KD.PGD.ALPHA=0.01" \\
         --seeds 0,1,2 --output output/bench_fcos [--dataset-train NAME] [--dataset-test NAME] \\
         [--student-iters N] [--teacher-iters N] [--teacher-weights PTH] [--inherit] \\

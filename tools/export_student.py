@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Export the student of a KD checkpoint as a plain detectron2 checkpoint and config.
 
-    python tools/export_student.py --config-file projects/demo/fcos_R_18_fitnet.yaml \
-        --weights output/demo/kd_fcos_R_18_fitnet/model_final.pth --output student.pth
+    python tools/export_student.py --config-file projects/demo/fcos_fitnet.yaml \
+        --weights output/demo/kd_fcos_fitnet/model_final.pth --output student.pth
 
 Writes ``student.pth`` ({"model": student state dict}, no teacher, no adapters) and the student's
 own config next to it: ``student.yaml`` for a yacs config (MODEL.META_ARCHITECTURE set to the

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train or evaluate a (distilled) detector from a LazyConfig (.py) file.
 
-    python tools/lazyconfig_train_net.py --config-file projects/demo/configs/fcos_R_18_fitnet.py
+    python tools/lazyconfig_train_net.py --config-file projects/demo/configs/fcos_fitnet.py
     python tools/lazyconfig_train_net.py --config-file CFG --num-gpus 8 train.max_iter=1000
     python tools/lazyconfig_train_net.py --config-file CFG --eval-only train.init_checkpoint=W.pth
     python tools/lazyconfig_train_net.py --config-file CFG --resume   # continue an interrupted run

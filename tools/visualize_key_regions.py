@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Draw the teacher's PGD key-region weights over images, with their GT boxes.
 
-    python tools/visualize_key_regions.py --config-file projects/demo/fcos_R_18_pgd.yaml \
+    python tools/visualize_key_regions.py --config-file projects/demo/fcos_pgd.yaml \
         --dataset kd_shapes_val --indices 0 1 2 3 --output output/key_regions [KEY VALUE ...]
 
 For each image, one PNG: two rows (classification weights W^cls, xi = XI_CLS; regression weights

@@ -35,8 +35,8 @@ def test_parse_names_combinations_labels_and_overrides():
     assert m.overrides == (("MODEL.KD.PGD.ALPHA", "0.01"), ("MODEL.KD.PGD.TOPK", "9"))
     assert bm.parse_method("plain", REGISTERED).is_baseline
     assert not bm.parse_method("plain@SOLVER.BASE_LR=0.01", REGISTERED).is_baseline
-    m = bm.parse_method(os.path.join(DEMO, "fcos_R_18_pgd.yaml"), REGISTERED)
-    assert m.file.endswith("fcos_R_18_pgd.yaml") and m.distillers == ()
+    m = bm.parse_method(os.path.join(DEMO, "fcos_pgd.yaml"), REGISTERED)
+    assert m.file.endswith("fcos_pgd.yaml") and m.distillers == ()
 
 
 def test_split_keeps_commas_inside_brackets_and_quotes():
@@ -82,8 +82,8 @@ def test_run_folders_are_safe_and_distinct():
 # ------------------------------------------------------------------------------ end to end
 def _bench(out, methods, *extra):
     argv = [
-        "--student-config", os.path.join(DEMO, "fcos_R_18_student.yaml"),
-        "--teacher-config", os.path.join(DEMO, "fcos_R_18_FPN128_teacher.yaml"),
+        "--student-config", os.path.join(DEMO, "fcos_student.yaml"),
+        "--teacher-config", os.path.join(DEMO, "fcos_teacher.yaml"),
         "--methods", methods, "--seeds", "0,1", "--output", str(out),
         "--dataset-train", "kd_shapes_mini_train", "--dataset-test", "kd_shapes_mini_val",
         "--student-iters", "1", "--teacher-iters", "1", "--skip-timing-iters", "1",
@@ -158,7 +158,7 @@ def _must_not_train(*args, **kwargs):
 
 
 def test_changed_config_invalidates_the_record(tmp_path):
-    cfg = bm.load_yacs(os.path.join(DEMO, "fcos_R_18_pgd.yaml"))
+    cfg = bm.load_yacs(os.path.join(DEMO, "fcos_pgd.yaml"))
     key = bm.run_key(cfg, "teacher-a")
     moved = cfg.clone()
     moved.OUTPUT_DIR = "elsewhere"
@@ -167,7 +167,10 @@ def test_changed_config_invalidates_the_record(tmp_path):
     changed.MODEL.KD.PGD.ALPHA = 0.5
     assert bm.run_key(changed, "teacher-a") != key
     assert bm.run_key(cfg, "teacher-b") != key  # a retrained teacher invalidates its students
-    plain = bm.load_yacs(os.path.join(DEMO, "fcos_R_18_student.yaml"))
+    plain = bm.load_yacs(os.path.join(DEMO, "fcos_student.yaml"))
+    assert plain.MODEL.KD.INIT_STUDENT_FROM_TEACHER  # inherits the teacher's neck and head
+    assert bm.run_key(plain, "teacher-a") != bm.run_key(plain, "teacher-b")
+    plain.MODEL.KD.INIT_STUDENT_FROM_TEACHER = False
     assert bm.run_key(plain, "teacher-a") == bm.run_key(plain, "teacher-b")
 
 
@@ -192,8 +195,8 @@ def test_dry_run_lists_the_runs(tmp_path, capsys):
 # ------------------------------------------------------------------------------ configs, table
 def _args(tmp_path, **kw):
     args = bm.build_parser().parse_args(
-        ["--student-config", os.path.join(DEMO, "fcos_R_18_student.yaml"), "--teacher-config",
-         os.path.join(DEMO, "fcos_R_18_FPN128_teacher.yaml"), "--methods", "PGD",
+        ["--student-config", os.path.join(DEMO, "fcos_student.yaml"), "--teacher-config",
+         os.path.join(DEMO, "fcos_teacher.yaml"), "--methods", "PGD",
          "--output", str(tmp_path), "--student-iters", "10", "SOLVER.BASE_LR", "0.002"]
     )  # fmt: skip
     vars(args).update(kw)
@@ -214,24 +217,28 @@ def test_student_configs_of_names_files_overrides_and_inherit(tmp_path):
     assert cfg.SOLVER.BASE_LR == 0.002 and cfg.DATASETS.TEST == ("kd_shapes_mini_val",)
     assert cfg.OUTPUT_DIR == os.path.join(str(tmp_path), "runs", "FitNet+LogitKD@MODEL.KD.LOGIT."
                                           "TEMPERATURE=4.0", "seed3")  # fmt: skip
+    # the demo student config inherits the teacher's neck and head: the plain run keeps that
     plain = cfg_of("plain")
-    assert plain.MODEL.KD.DISTILLERS == [] and plain.MODEL.KD.TEACHER.WEIGHTS == ""
-    inherit = cfg_of("plain", inherit=True)
+    assert plain.MODEL.KD.DISTILLERS == [] and plain.MODEL.KD.TEACHER.WEIGHTS == "t.pth"
+    opts = ["SOLVER.BASE_LR", "0.002", "MODEL.KD.INIT_STUDENT_FROM_TEACHER", "False"]
+    alone = cfg_of("plain", opts=opts)
+    assert alone.MODEL.KD.DISTILLERS == [] and alone.MODEL.KD.TEACHER.WEIGHTS == ""
+    inherit = cfg_of("plain", opts=opts, inherit=True)
     assert (
         inherit.MODEL.KD.INIT_STUDENT_FROM_TEACHER and inherit.MODEL.KD.TEACHER.WEIGHTS == "t.pth"
     )
     # a method file: its MODEL.KD settings, not its teacher nor its solver
-    pgd = cfg_of(os.path.join(DEMO, "fcos_R_18_pgd.yaml"))
+    pgd = cfg_of(os.path.join(DEMO, "fcos_pgd.yaml"))
     assert pgd.MODEL.KD.DISTILLERS == ["PGD"] and pgd.MODEL.KD.PGD.TOPK == 9
     assert pgd.MODEL.KD.WARMUP_ITERS == 50 and pgd.MODEL.KD.TEACHER.CONFIG_FILE == "t.yaml"
     with pytest.raises(SystemExit, match="for a GFL student"):
-        cfg_of(os.path.join(DEMO, "gfl_R_18_ld.yaml"))
+        cfg_of(os.path.join(DEMO, "gfl_ld.yaml"))
     with pytest.raises(SystemExit, match="MODEL.KD.PGD.ALPHAA"):
         cfg_of("PGD@MODEL.KD.PGD.ALPHAA=1")
 
 
 def test_num_classes_follow_the_dataset(tmp_path):
-    cfg = bm.load_yacs(os.path.join(DEMO, "fcos_R_18_student.yaml"))
+    cfg = bm.load_yacs(os.path.join(DEMO, "fcos_student.yaml"))
     bm.apply_data(cfg, ["a"], "b", 3)
     assert cfg.MODEL.FCOS.NUM_CLASSES == cfg.MODEL.GFL.NUM_CLASSES == 3
     assert cfg.MODEL.RETINANET.NUM_CLASSES == cfg.MODEL.ROI_HEADS.NUM_CLASSES == 3

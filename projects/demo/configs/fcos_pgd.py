@@ -2,9 +2,9 @@
 
 Demo PGD: the demo teacher (FCOS, EfficientNet-Lite2) distilled into the demo student (FCOS,
 MobileNetV2, neck and head inherited; fcos_student.py) with PGD on the first block of both towers
-(equal widths, 64 channels), the official FCOS loss weights except ALPHA (the foreground feature
-term): 0.0004 instead of 0.04, the best of the sweep in docs/BENCHMARKS.md; K = 9 instead of 30 (a
-128 px image has only 341 locations over P3-P7).
+(equal widths, 64 channels: no adapter), the official FCOS loss weights except ALPHA (the
+foreground feature term), 0.0004 instead of 0.04 (see the yaml), and K = 9 instead of 30 (a 128 px
+image has only 341 locations over P3-P7).
 """
 
 from collections import OrderedDict

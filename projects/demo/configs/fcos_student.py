@@ -3,8 +3,9 @@
 Demo student, trained alone through the KD wrapper (no distiller, no teacher forward): FCOS with
 an ImageNet-pretrained MobileNetV2 backbone (FrozenBN, stem + stage2 frozen; RGB input with
 ImageNet's mean/std) and the demo teacher's neck and head (fcos_teacher.py), whose weights it
-starts from (``init_student_from_teacher``: the teacher is dropped after the copy), 300
-iterations. The method configs set ``model.distillers`` on top of it.
+starts from (``init_student_from_teacher``, all but the FPN's lateral 1x1 convs, whose input
+widths differ; the teacher is dropped after the copy), 300 iterations. The method configs set
+``model.distillers`` on top of it.
 """
 
 from detectron2.config import LazyCall as L
