@@ -2,7 +2,7 @@
 
 Demo KD baseline: the demo teacher (FCOS, EfficientNet-Lite2) distilled into the demo student
 (FCOS, MobileNetV2, neck and head inherited; fcos_student.py) with FitNet feature imitation on
-P3-P7 (equal widths: 1x1 adapters from 64 to 64 channels) and sigmoid logit KD (T 2).
+P3-P7 (equal widths, 64 channels: no adapter) and sigmoid logit KD (T 2).
 """
 
 from collections import OrderedDict

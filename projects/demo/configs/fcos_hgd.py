@@ -3,8 +3,8 @@
 Demo HGD, as docs/HGD.md interprets it: the demo teacher (FCOS, EfficientNet-Lite2) distilled into
 the demo student (FCOS, MobileNetV2, neck and head inherited; fcos_student.py) on stage3-stage5
 (1x1 adapters, MobileNetV2 32/96/1280 -> Lite2 48/120/352 channels; stage2 is frozen in the
-student, so it is left out) and P3-P7 (equal widths), with instance-balanced micro weights and
-adaptive macro weights.
+student, so it is left out) and P3-P7 (64 -> 64, identity-initialised adapters), with
+instance-balanced micro weights and adaptive macro weights.
 """
 
 from collections import OrderedDict

@@ -2,7 +2,7 @@
 
 Demo feature-imitation baseline on GFL: the demo GFL teacher (EfficientNet-Lite2) distilled into
 the demo GFL student (MobileNetV2, neck and head inherited; gfl_student.py) with FitNet on P3-P7
-(1x1 adapters, 64 -> 64 channels), the baseline LD is compared with.
+(equal widths, 64 channels: no adapter), the baseline LD is compared with.
 """
 
 from collections import OrderedDict
