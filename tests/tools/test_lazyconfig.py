@@ -157,7 +157,10 @@ def test_student_neck_and_head_start_from_the_teacher(path):
 
 def test_plain_demo_student_drops_the_teacher_after_the_copy():
     cfg, teacher = load_without_teacher_weights("projects/demo/configs/fcos_student.py")
-    assert teacher == ("projects/demo/fcos_teacher.yaml", "output/demo/teacher_fcos/model_final.pth")
+    assert teacher == (
+        "projects/demo/fcos_teacher.yaml",
+        "output/demo/teacher_fcos/model_final.pth",
+    )
     assert cfg.model.init_student_from_teacher
     model = instantiate(cfg.model)
     assert model.teacher is None and not model.distillers

@@ -2,8 +2,8 @@
 
 Demo PFI: the demo teacher (FCOS, EfficientNet-Lite2) distilled into the demo student (FCOS,
 MobileNetV2, neck and head inherited; fcos_student.py) with prediction-guided imitation of P3-P7
-(equal widths, 64 channels: no adapter; detached weight map divided by its level mean). Weight 1.5 as
-the COCO config; not tuned at demo scale.
+(equal widths, 64 channels: no adapter; detached weight map divided by its level mean). Weight
+1.5 as the COCO config; not tuned at demo scale.
 """
 
 from collections import OrderedDict

@@ -13,8 +13,9 @@ from detectron2.config import LazyCall as L
 from kd_det2.modeling.backbones import MobileNetV2Backbone
 from kd_det2.modeling.teacher import build_kd_model, build_teacher_model
 
-from .fcos_teacher import _schedule, dataloader, optimizer, train  # noqa: F401
+from .fcos_teacher import _schedule, dataloader  # noqa: F401
 from .fcos_teacher import model as _student
+from .fcos_teacher import optimizer, train  # noqa: F401
 
 _student.backbone.bottom_up = L(MobileNetV2Backbone)(
     out_features=["stage2", "stage3", "stage4", "stage5"],

@@ -10,8 +10,9 @@ input, 400 iterations) and 2-conv GN towers.
 from detectron2.layers import ShapeSpec
 
 from ...LD.configs.common.gfl import model
-from .fcos_teacher import dataloader, lr_multiplier, optimizer, train  # noqa: F401
+from .fcos_teacher import dataloader, lr_multiplier  # noqa: F401
 from .fcos_teacher import model as _fcos
+from .fcos_teacher import optimizer, train  # noqa: F401
 
 model.backbone = _fcos.backbone  # EfficientNet-Lite2, 64-channel FPN, P6/P7 from P5
 model.head.input_shape = [ShapeSpec(channels=64)] * 5
