@@ -1,28 +1,32 @@
 #!/usr/bin/env python
-"""The kd_det2 demo (``make demo``): teacher, plain student and distilled student on kd_shapes.
+"""The kd_det2 demo (``make demo``): teacher, plain students and distilled students on kd_shapes.
 
-For each detector family the ``--methods`` need (FCOS for pgd, fitnet, logit, rm, pfi, rm-pfi
-and hgd*; GFL for the ld* methods and gfl-fitnet):
+For each detector family the ``--methods`` need (FCOS for no-inherit, pgd, fitnet, logit, rm,
+pfi, rm-pfi and hgd*; GFL for the ld* methods and gfl-fitnet):
 
 1. trains the teacher (cached: skipped when its checkpoint and config are unchanged),
-2. trains the student on the same schedule and seed, plainly and with each distillation method
-   of ``--methods`` (default: pgd),
-3. evaluates them with COCOEvaluator on ``kd_shapes_val`` and prints one table.
+2. trains, for each seed of ``--seeds``, the plain student (neck and head inherited from the
+   teacher, as every distilled student) and the student with each method of ``--methods``
+   (default: ``no-inherit,pgd``; ``no-inherit`` is the plain student without inheritance),
+3. evaluates them with COCOEvaluator on ``kd_shapes_val`` and prints one table (mean +- sample
+   std over the seeds when there are several); it warns loudly when a teacher is not better
+   than its plain student, since the comparison then says nothing about distillation.
 
 Other data: ``DATASETS.TRAIN "('voc:<dir>:trainval',)" DATASETS.TEST "('voc:<dir>:test',)"`` (or
 ``coco:<file.json>`` names) as overrides; NUM_CLASSES then follows the training set's classes.
 
-    python tools/demo.py [--methods pgd,fitnet,logit,rm,pfi,rm-pfi,ld,ld-main,ld-main-vlr,
-                                    gfl-fitnet,hgd,hgd-...]
-                         [--student-iters N] [--teacher-iters N] [--seed S] [--output DIR]
+    python tools/demo.py [--methods no-inherit,pgd,fitnet,logit,rm,pfi,rm-pfi,ld,ld-main,
+                                    ld-main-vlr,gfl-fitnet,hgd,hgd-...]
+                         [--student-iters N] [--teacher-iters N] [--seeds 0,1,2] [--output DIR]
                          [--force-teacher] [KEY VALUE ...]
 """
 import argparse
 import logging
 import os
 import sys
+import statistics
 import time
-from typing import Dict, List, Optional
+from typing import List, Optional, Tuple
 
 from detectron2.data import MetadataCatalog
 from detectron2.utils.logger import setup_logger
@@ -47,9 +51,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_DIR = os.path.join(REPO, "projects", "demo")
 #: detector family -> (teacher config, plain-student config)
 FAMILIES = {
-    "FCOS": ("fcos_R_18_FPN128_teacher.yaml", "fcos_R_18_student.yaml"),
-    "GFL": ("gfl_R_18_FPN128_teacher.yaml", "gfl_R_18_student.yaml"),
+    "FCOS": ("fcos_teacher.yaml", "fcos_student.yaml"),
+    "GFL": ("gfl_teacher.yaml", "gfl_student.yaml"),
 }
+#: the plain student without the teacher's neck and head (ImageNet backbone only)
+NO_INHERIT = "no-inherit"
 _NO_VLR = ["MODEL.KD.LD.LOSS_WEIGHT_VLR", "0.0"]
 _NO_KD = ["MODEL.KD.LD.LOSS_WEIGHT_KD", "0.0"]
 
@@ -58,28 +64,29 @@ def _hgd(key: str, value: str) -> List[str]:
     return [f"MODEL.KD.HGD.{key}", value]
 
 
-#: --methods name -> (family, distilled-student config, config overrides)
+#: --methods name -> (family, student config, config overrides)
 DISTILLED = {
-    "pgd": ("FCOS", "fcos_R_18_pgd.yaml", []),
-    "fitnet": ("FCOS", "fcos_R_18_fitnet.yaml", []),  # FitNet + soft-label logit KD
-    "logit": ("FCOS", "fcos_R_18_logit.yaml", []),  # soft-label logit KD alone
-    "rm": ("FCOS", "fcos_R_18_rm.yaml", []),  # rank mimicking (cls + centerness)
-    "pfi": ("FCOS", "fcos_R_18_pfi.yaml", []),  # prediction-guided feature imitation
-    "rm-pfi": ("FCOS", "fcos_R_18_rm_pfi.yaml", []),  # both: the paper's "KD-RP"
-    "ld": ("GFL", "gfl_R_18_ld.yaml", []),  # main KD + main LD + VLR LD (the paper's "Ours")
-    "ld-main": ("GFL", "gfl_R_18_ld.yaml", _NO_VLR + _NO_KD),
-    "ld-main-vlr": ("GFL", "gfl_R_18_ld.yaml", _NO_KD),
-    "gfl-fitnet": ("GFL", "gfl_R_18_fitnet.yaml", []),
+    NO_INHERIT: ("FCOS", "fcos_student.yaml", ["MODEL.KD.INIT_STUDENT_FROM_TEACHER", "False"]),
+    "pgd": ("FCOS", "fcos_pgd.yaml", []),
+    "fitnet": ("FCOS", "fcos_fitnet.yaml", []),  # FitNet + soft-label logit KD
+    "logit": ("FCOS", "fcos_logit.yaml", []),  # soft-label logit KD alone
+    "rm": ("FCOS", "fcos_rm.yaml", []),  # rank mimicking (cls + centerness)
+    "pfi": ("FCOS", "fcos_pfi.yaml", []),  # prediction-guided feature imitation
+    "rm-pfi": ("FCOS", "fcos_rm_pfi.yaml", []),  # both: the paper's "KD-RP"
+    "ld": ("GFL", "gfl_ld.yaml", []),  # main KD + main LD + VLR LD (the paper's "Ours")
+    "ld-main": ("GFL", "gfl_ld.yaml", _NO_VLR + _NO_KD),
+    "ld-main-vlr": ("GFL", "gfl_ld.yaml", _NO_KD),
+    "gfl-fitnet": ("GFL", "gfl_fitnet.yaml", []),
     # HGD (our interpretation, docs/HGD.md): the full method, then one switch flipped per row
-    "hgd": ("FCOS", "fcos_R_18_hgd.yaml", []),
-    "hgd-no-micro": ("FCOS", "fcos_R_18_hgd.yaml", _hgd("MICRO", "False")),
-    "hgd-no-instance": ("FCOS", "fcos_R_18_hgd.yaml", _hgd("INSTANCE_BALANCED", "False")),
-    "hgd-no-focus": ("FCOS", "fcos_R_18_hgd.yaml", _hgd("FOCUS_EXPONENT", "0.0")),
-    "hgd-fixed-macro": ("FCOS", "fcos_R_18_hgd.yaml", _hgd("MACRO", "fixed")),
-    "hgd-no-norm": ("FCOS", "fcos_R_18_hgd.yaml", _hgd("NORMALIZE", "False")),
-    "hgd-neck": ("FCOS", "fcos_R_18_hgd.yaml", _hgd("BACKBONE", "False")),
-    "hgd-backbone": ("FCOS", "fcos_R_18_hgd.yaml", _hgd("NECK", "False")),
-    "hgd-cross": ("FCOS", "fcos_R_18_hgd.yaml", _hgd("CROSS_FORWARD", "True")),
+    "hgd": ("FCOS", "fcos_hgd.yaml", []),
+    "hgd-no-micro": ("FCOS", "fcos_hgd.yaml", _hgd("MICRO", "False")),
+    "hgd-no-instance": ("FCOS", "fcos_hgd.yaml", _hgd("INSTANCE_BALANCED", "False")),
+    "hgd-no-focus": ("FCOS", "fcos_hgd.yaml", _hgd("FOCUS_EXPONENT", "0.0")),
+    "hgd-fixed-macro": ("FCOS", "fcos_hgd.yaml", _hgd("MACRO", "fixed")),
+    "hgd-no-norm": ("FCOS", "fcos_hgd.yaml", _hgd("NORMALIZE", "False")),
+    "hgd-neck": ("FCOS", "fcos_hgd.yaml", _hgd("BACKBONE", "False")),
+    "hgd-backbone": ("FCOS", "fcos_hgd.yaml", _hgd("NECK", "False")),
+    "hgd-cross": ("FCOS", "fcos_hgd.yaml", _hgd("CROSS_FORWARD", "True")),
 }
 
 
@@ -110,12 +117,26 @@ def fit_num_classes(cfg) -> None:
         return
     logger.info(f"{key} set to {len(classes)}: the classes of {name}")
     cfg.merge_from_list([key, len(classes)])
-    if cfg.MODEL.KD.DISTILLERS:
+    if uses_teacher(cfg):
         cfg.MODEL.KD.TEACHER.OPTS = list(cfg.MODEL.KD.TEACHER.OPTS) + [key, str(len(classes))]
 
 
 def backbone_name(cfg) -> str:
-    return f"R{cfg.MODEL.RESNETS.DEPTH}-FPN{cfg.MODEL.FPN.OUT_CHANNELS}"
+    """Short name of a config's backbone and FPN width, e.g. "MobileNetV2-FPN64"."""
+    name = cfg.MODEL.BACKBONE.NAME
+    if "mobilenet_v2" in name:
+        bottom_up = "MobileNetV2"
+    elif "efficientnet_lite" in name:
+        bottom_up = "EfficientNet-" + cfg.MODEL.EFFICIENTNET_LITE.VARIANT.capitalize()
+    else:
+        bottom_up = f"R{cfg.MODEL.RESNETS.DEPTH}"
+    return f"{bottom_up}-FPN{cfg.MODEL.FPN.OUT_CHANNELS}"
+
+
+def uses_teacher(cfg) -> bool:
+    """Whether a student config builds the teacher (to distil, or to inherit from it)."""
+    kd = cfg.MODEL.KD
+    return bool(kd.DISTILLERS) or bool(kd.INIT_STUDENT_FROM_TEACHER)
 
 
 def teacher_key(cfg) -> str:
@@ -124,19 +145,22 @@ def teacher_key(cfg) -> str:
     return config_sha1(cfg, drop=("MODEL.KD",))
 
 
-def run(args) -> List[dict]:
+def run(args) -> Tuple[List[dict], List[str]]:
+    """Train and evaluate every run; returns the table rows and the warnings to print."""
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in DISTILLED]
     if unknown:
         raise SystemExit(f"unknown --methods {unknown}; choose from {sorted(DISTILLED)}")
+    seeds = parse_seeds(args.seeds)
     families = [f for f in FAMILIES if any(DISTILLED[m][0] == f for m in methods)]
-    steps = 2 * len(families) + len(methods)
-    rows, step = [], 0
+    steps = len(families) + (len(families) + len(methods)) * len(seeds)
+    rows, warnings, step = [], [], 0
     for family in families:
         teacher_name, student_name = FAMILIES[family]
         step += 1
         teacher_cfg, record = _teacher(args, teacher_name, family, f"[{step}/{steps}]")
-        rows.append(_row("teacher", teacher_cfg, record["metrics"], record["train_time"]))
+        teacher_row = _row("teacher", teacher_cfg, [record])
+        rows.append(teacher_row)
         teacher_weights = os.path.join(teacher_cfg.OUTPUT_DIR, "model_final.pth")
         runs = [("student", student_name, [], "student")]
         runs += [
@@ -145,17 +169,59 @@ def run(args) -> List[dict]:
             if DISTILLED[m][0] == family
         ]
         for method, name, extra, out in runs:
-            step += 1
-            seed = ["SEED", str(args.seed)]  # the students' seed; the teacher keeps its config's
-            cfg = load_cfg(name, args.opts + seed + extra + _out(args, out), args.student_iters)
-            label = "student"
-            if cfg.MODEL.KD.DISTILLERS:
-                cfg.MODEL.KD.TEACHER.WEIGHTS = teacher_weights
-                label = f"student + {method}"
-            logger.info(f"[{step}/{steps}] training {family} {label} ({backbone_name(cfg)})")
-            result = train_and_evaluate(cfg)
-            rows.append(_row(label, cfg, result["metrics"], result["train_time"]))
-    return rows
+            results = []
+            for seed in seeds:  # the students' seeds; the teacher keeps its config's
+                step += 1
+                opts = args.opts + ["SEED", str(seed)] + extra + _out(args, out)
+                cfg = load_cfg(name, opts, args.student_iters)
+                if len(seeds) > 1:
+                    cfg.OUTPUT_DIR = os.path.join(cfg.OUTPUT_DIR, f"seed{seed}")
+                if uses_teacher(cfg):
+                    cfg.MODEL.KD.TEACHER.WEIGHTS = teacher_weights
+                label = _label(method, cfg)
+                what = f"{family} {label} ({backbone_name(cfg)}, seed {seed})"
+                logger.info(f"[{step}/{steps}] training {what}")
+                results.append(train_and_evaluate(cfg))
+            rows.append(_row(label, cfg, results))
+            if method == "student":
+                warning = _weak_teacher(family, record["metrics"]["AP"], results)
+                if warning:
+                    logger.warning(warning)
+                    warnings.append(warning)
+    return rows, warnings
+
+
+def parse_seeds(text: str) -> List[int]:
+    """``"0,1,2"`` -> [0, 1, 2]; at least one seed, no repeats."""
+    try:
+        seeds = [int(s) for s in str(text).split(",") if s.strip()]
+    except ValueError:
+        raise SystemExit(f"--seeds takes comma-separated integers, e.g. 0,1,2; got '{text}'")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--seeds needs at least one seed and no repeats; got '{text}'")
+    return seeds
+
+
+def _label(method: str, cfg) -> str:
+    if method == "student":
+        inherits = cfg.MODEL.KD.INIT_STUDENT_FROM_TEACHER
+        return "student (neck + head from teacher)" if inherits else "student"
+    if method == NO_INHERIT:
+        return "student (ImageNet backbone only)"
+    return f"student + {method}"
+
+
+def _weak_teacher(family: str, teacher_ap: float, plain: List[dict]) -> Optional[str]:
+    """A warning when the teacher is not better than its plain student (mean AP over seeds): the
+    distilled rows then say nothing about distillation."""
+    plain_ap = statistics.mean(r["metrics"]["AP"] for r in plain)
+    if teacher_ap > plain_ap:
+        return None
+    return (
+        f"!!! The {family} teacher ({teacher_ap:.2f} AP) is NOT better than its plain student "
+        f"({plain_ap:.2f} AP): the distilled rows below say nothing about distillation. Train "
+        "the teacher longer (--teacher-iters, --force-teacher) or check its config."
+    )
 
 
 def _teacher(args, name: str, family: str, step: str):
@@ -180,12 +246,20 @@ def _out(args, name: str) -> List[str]:
     return ["OUTPUT_DIR", os.path.join(args.output, name)] if args.output else []
 
 
-def _row(label: str, cfg, metrics: Dict[str, float], seconds: float) -> dict:
+def _row(label: str, cfg, results: List[dict]) -> dict:
+    """A table row: the metrics of one run, or their mean +- sample std over several seeds."""
     arch = cfg.MODEL.META_ARCHITECTURE
     if arch.startswith("KD"):
         arch = cfg.MODEL.KD.STUDENT_META_ARCHITECTURE
     row = {"detector": arch, "model": label, "backbone": backbone_name(cfg)}
-    row.update({k: round(metrics[k], 2) for k in METRICS})
+    for k in METRICS:
+        values = [r["metrics"][k] for r in results]
+        if len(values) == 1:
+            row[k] = round(values[0], 2)
+        else:
+            row[k] = f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+    seconds = statistics.mean(r["train_time"] for r in results)
+    row["seeds"] = len(results)
     row["train time"] = f"{seconds:.0f} s ({cfg.SOLVER.MAX_ITER} it)"
     return row
 
@@ -193,11 +267,18 @@ def _row(label: str, cfg, metrics: Dict[str, float], seconds: float) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--methods", default="pgd", help=f"comma-separated KD methods from {sorted(DISTILLED)}"
+        "--methods",
+        default=f"{NO_INHERIT},pgd",
+        help=f"comma-separated rows from {sorted(DISTILLED)}",
     )
     parser.add_argument("--teacher-iters", type=int, default=None, help="teacher MAX_ITER")
     parser.add_argument("--student-iters", type=int, default=None, help="student MAX_ITER")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the student runs")
+    parser.add_argument(
+        "--seeds",
+        default="0",
+        help="comma-separated seeds of the student runs (default 0); with several, the table "
+        "shows mean +- sample std",
+    )
     parser.add_argument("--output", default=None, help="output root (default: configs' own)")
     parser.add_argument("--force-teacher", action="store_true", help="retrain the teacher")
     parser.add_argument(
@@ -209,17 +290,20 @@ def main(argv=None) -> None:
     setup_logger(name="kd_det2")
     logging.getLogger("detectron2.engine.defaults").setLevel(logging.WARNING)  # model dumps
     start = time.perf_counter()
-    rows = run(args)
+    rows, warnings = run(args)
     table = tabulate(rows, headers="keys", tablefmt="pipe", floatfmt=".2f")
     total = time.perf_counter() - start
     test_sets = ", ".join(load_cfg(FAMILIES["FCOS"][1], args.opts).DATASETS.TEST)
-    print(f"\nkd_det2 demo on {test_sets} (COCO bbox metrics, %)\n", flush=True)
-    print(table)
-    print(f"\ntotal wall time {total:.0f} s", flush=True)
+    seeds = parse_seeds(args.seeds)
+    over = f"; students: mean ± std over seeds {args.seeds}" if len(seeds) > 1 else ""
+    text = f"kd_det2 demo on {test_sets} (COCO bbox metrics, %{over})\n\n{table}\n"
+    text += "".join(f"\n{w}\n" for w in warnings)
+    text += f"\ntotal wall time {total:.0f} s\n"
+    print("\n" + text, flush=True)
     out_dir = args.output or os.path.join("output", "demo")
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write(table + f"\n\ntotal wall time {total:.0f} s\n")
+        f.write(text)
 
 
 if __name__ == "__main__":

@@ -104,6 +104,33 @@ def test_stages_are_the_classifier_taps(variant):
         torch.testing.assert_close(out[name], ref[name], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("variant", ["mobilenet_v2", "lite2"])
+def test_named_stages_chain_to_the_forward_outputs(variant):
+    """The stage protocol (kd_det2.modeling.stages): running the stem, then each exposed stage
+    on the previous one's output, gives the backbone's outputs; no parameter is counted twice."""
+    from kd_det2.modeling.stages import named_stages
+
+    model = build(variant, norm="BN", out_features=["stage3", "stage4"]).eval()
+    stages = named_stages(model)
+    assert [n for n, _ in stages] == ["stage2", "stage3", "stage4"]
+    n_params = sum(p.numel() for p in model.parameters())
+    assert sum(p.numel() for p in model.state_dict().values()) >= n_params
+    assert sum(1 for _ in model.parameters()) == len(dict(model.named_parameters()))
+    x = torch.rand(1, 3, 64, 48)
+    with torch.no_grad():
+        out = model(x)
+        chain = getattr(model, model.chain_name)
+        y = model._prologue(x)
+        for i, stage in enumerate(model._layer_stages):
+            if stage == "stem":
+                y = model._run_layer(i, chain[i], y)
+        for name, module in stages:
+            y = module(y)
+            if name in out:
+                torch.testing.assert_close(y, out[name])
+    assert n_params == sum(p.numel() for p in model.parameters())
+
+
 @pytest.mark.parametrize("variant", list(SPECS))
 def test_imagenet_weights_are_the_package_file(variant):
     arch = SPECS[variant][0]

@@ -33,7 +33,8 @@ def test_demo_ld_trains_the_gfl_family_and_caches_its_teacher(tmp_path):
     assert "training the GFL teacher" in out and "FCOS teacher" not in out
     table = open(os.path.join(tmp_path, "out", "results.md")).read()
     rows = [line for line in table.splitlines() if line.startswith("| GFL")]
-    assert [r.split("|")[2].strip() for r in rows] == ["teacher", "student", "student + ld"]
+    labels = [r.split("|")[2].strip() for r in rows]
+    assert labels == ["teacher", "student (neck + head from teacher)", "student + ld"]
     assert os.path.isfile(os.path.join(tmp_path, "out", "teacher_gfl", "model_final.pth"))
     again = _demo(str(tmp_path), "ld-main")
     assert "GFL teacher checkpoint and config unchanged" in again
@@ -49,21 +50,71 @@ def _demo_module():
 
 
 def test_every_demo_method_distils_a_student_of_its_family():
+    """Every distilled row inherits neck and head from its family's teacher, as the plain
+    student row does; the no-inherit row is the plain student without inheritance."""
     demo = _demo_module()
     for method, (family, name, extra) in demo.DISTILLED.items():
         cfg = demo.load_cfg(name, extra + ["DATASETS.TRAIN", "()"])
         assert cfg.MODEL.KD.STUDENT_META_ARCHITECTURE == family, method
-        assert cfg.MODEL.KD.DISTILLERS, method
         teacher = os.path.basename(cfg.MODEL.KD.TEACHER.CONFIG_FILE)
         assert teacher == demo.FAMILIES[family][0], method
-    assert demo.DISTILLED["rm-pfi"][1] == "fcos_R_18_rm_pfi.yaml"
+        if method == demo.NO_INHERIT:
+            assert not cfg.MODEL.KD.DISTILLERS and not cfg.MODEL.KD.INIT_STUDENT_FROM_TEACHER
+        else:
+            assert cfg.MODEL.KD.DISTILLERS and cfg.MODEL.KD.INIT_STUDENT_FROM_TEACHER, method
+    for family, (_, student) in demo.FAMILIES.items():
+        cfg = demo.load_cfg(student, ["DATASETS.TRAIN", "()"])
+        assert cfg.MODEL.KD.INIT_STUDENT_FROM_TEACHER and not cfg.MODEL.KD.DISTILLERS, family
+    assert demo.DISTILLED["rm-pfi"][1] == "fcos_rm_pfi.yaml"
+
+
+def test_demo_teacher_and_student_differ_only_in_the_backbone():
+    """The recipe the papers follow: same neck and head shapes, different bottom-up network."""
+    demo = _demo_module()
+    for family, (teacher_name, student_name) in demo.FAMILIES.items():
+        teacher = demo.load_cfg(teacher_name, ["DATASETS.TRAIN", "()"])
+        student = demo.load_cfg(student_name, ["DATASETS.TRAIN", "()"])
+        node = family.upper()
+        assert teacher.MODEL.FPN.OUT_CHANNELS == student.MODEL.FPN.OUT_CHANNELS, family
+        assert teacher.MODEL[node].NUM_CONVS == student.MODEL[node].NUM_CONVS, family
+        assert "efficientnet_lite" in teacher.MODEL.BACKBONE.NAME, family
+        assert "mobilenet_v2" in student.MODEL.BACKBONE.NAME, family
+        assert demo.backbone_name(teacher) == "EfficientNet-Lite2-FPN64"
+        assert demo.backbone_name(student) == "MobileNetV2-FPN64"
+
+
+def test_demo_warns_when_the_teacher_is_not_better():
+    demo = _demo_module()
+    plain = [{"metrics": {"AP": 30.0}}, {"metrics": {"AP": 32.0}}]
+    assert demo._weak_teacher("FCOS", 31.5, plain) is None
+    warning = demo._weak_teacher("FCOS", 31.0, plain)
+    assert "NOT better" in warning and "31.00" in warning and "31.00 AP" in warning
+    assert demo.parse_seeds("0,1,2") == [0, 1, 2]
+    for bad in ("", "0,0", "a"):
+        try:
+            demo.parse_seeds(bad)
+        except SystemExit as e:
+            assert "--seeds" in str(e)
+        else:
+            raise AssertionError(bad)
+
+
+def test_demo_row_shows_mean_and_std_over_seeds():
+    demo = _demo_module()
+    cfg = demo.load_cfg("fcos_pgd.yaml", ["DATASETS.TRAIN", "()"])
+    runs = [
+        {"metrics": {k: v for k in demo.METRICS}, "train_time": 10.0 * v} for v in (1.0, 3.0)
+    ]
+    row = demo._row("student + pgd", cfg, runs)
+    assert row["AP"] == "2.00 ± 1.41" and row["seeds"] == 2 and row["train time"].startswith("20 s")
+    assert demo._row("teacher", cfg, runs[:1])["AP"] == 1.0
 
 
 def test_demo_fits_num_classes_to_the_training_set(tmp_path):
     demo = _demo_module()
     objects = [("x", 1, 1, 20, 20), ("y", 5, 5, 30, 30)]
     root = write_voc(tmp_path, {"a": (64, 48, objects)}, {"train": ["a"]})
-    cfg = demo.load_cfg("fcos_R_18_pgd.yaml", ["DATASETS.TRAIN", f"('voc:{root}:train',)"])
+    cfg = demo.load_cfg("fcos_pgd.yaml", ["DATASETS.TRAIN", f"('voc:{root}:train',)"])
     assert cfg.MODEL.FCOS.NUM_CLASSES == 2
     assert list(cfg.MODEL.KD.TEACHER.OPTS)[-2:] == ["MODEL.FCOS.NUM_CLASSES", "2"]
 
@@ -71,7 +122,7 @@ def test_demo_fits_num_classes_to_the_training_set(tmp_path):
 #: demo row -> what its override changes in the built HGD distiller
 HGD_ROWS = {
     "hgd": lambda d: [p.student for p in d.pairs]
-    == ["res2", "res3", "res4", "res5", "p3", "p4", "p5", "p6", "p7"],
+    == ["stage3", "stage4", "stage5", "p3", "p4", "p5", "p6", "p7"],
     "hgd-no-micro": lambda d: not d._micro["enabled"],
     "hgd-no-instance": lambda d: not d._micro["instance_balanced"],
     "hgd-no-focus": lambda d: d._micro["focus_exponent"] == 0,
@@ -80,7 +131,7 @@ HGD_ROWS = {
     "hgd-neck": lambda d: {p.group for p in d.pairs} == {"neck"},
     "hgd-backbone": lambda d: {p.group for p in d.pairs} == {"backbone"},
     "hgd-cross": lambda d: [c.name for c in d.cross_terms]
-    == ["res2>res3", "res3>res4", "res4>res5"],
+    == ["stage3>stage4", "stage4>stage5"],
 }
 
 
@@ -97,6 +148,7 @@ def test_demo_hgd_rows_build_with_their_switch(monkeypatch):
     for method, check in HGD_ROWS.items():
         family, name, overrides = demo.DISTILLED[method]
         opts = ["DATASETS.TRAIN", "()", "MODEL.KD.TEACHER.REQUIRE_WEIGHTS", "False"] + overrides
+        opts += ["MODEL.KD.INIT_STUDENT_FROM_TEACHER", "False"]
         cfg = demo.load_cfg(name, opts)
         cfg.MODEL.KD.TEACHER.WEIGHTS = ""
         assert family == "FCOS" and check(build_model(cfg).distillers["HGD"]), method

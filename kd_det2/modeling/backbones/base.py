@@ -7,7 +7,7 @@ them as detectron2's ResNet does: 1 = the stem, 2 = the stem and stage2, ..., 5 
 """
 
 import math
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY
@@ -185,6 +185,18 @@ class StagedBackbone(Backbone):
                 outputs[self._taps[i]] = x
         return outputs
 
+    def named_stages(self) -> List[Tuple[str, nn.Module]]:
+        """The stages after the stem, in order, as ``(name, module)`` pairs (the stage protocol
+        of :mod:`kd_det2.modeling.stages`, e.g. for HGD's cross-forward): the module of
+        "stage<k>" maps the output of the previous stage (N, C, H, W) to this stage's output, as
+        :meth:`forward` computes it. Only stages kept by ``out_features`` are listed."""
+        chain = getattr(self, self.chain_name)
+        order = [s for s in STAGES[1:] if s in self._layer_stages]
+        return [
+            (s, _StageRun(self, [i for i, t in enumerate(self._layer_stages) if t == s], chain))
+            for s in order
+        ]
+
     def output_shape(self) -> Dict[str, ShapeSpec]:
         return {
             f: ShapeSpec(
@@ -192,6 +204,22 @@ class StagedBackbone(Backbone):
             )
             for f in self._out_features
         }
+
+
+class _StageRun(nn.Module):
+    """The layers of one stage of a :class:`StagedBackbone`, run as its ``forward`` runs them.
+    The layers are shared with the backbone (the owner is not registered as a submodule)."""
+
+    def __init__(self, owner: StagedBackbone, indices: List[int], chain: nn.Module):
+        super().__init__()
+        self.indices = list(indices)
+        self.layers = nn.ModuleList(chain[i] for i in self.indices)
+        self._owner = (owner,)  # a tuple: not registered, no parameter counted twice
+
+    def forward(self, x: Tensor) -> Tensor:
+        for index, layer in zip(self.indices, self.layers):
+            x = self._owner[0]._run_layer(index, layer, x)
+        return x
 
 
 def build_lightweight_fpn(cfg, bottom_up: Backbone, top_block: str, node: str) -> FPN:
