@@ -23,8 +23,8 @@ Other data: ``DATASETS.TRAIN "('voc:<dir>:trainval',)" DATASETS.TEST "('voc:<dir
 import argparse
 import logging
 import os
-import sys
 import statistics
+import sys
 import time
 from typing import List, Optional, Tuple
 

@@ -102,9 +102,7 @@ def test_demo_warns_when_the_teacher_is_not_better():
 def test_demo_row_shows_mean_and_std_over_seeds():
     demo = _demo_module()
     cfg = demo.load_cfg("fcos_pgd.yaml", ["DATASETS.TRAIN", "()"])
-    runs = [
-        {"metrics": {k: v for k in demo.METRICS}, "train_time": 10.0 * v} for v in (1.0, 3.0)
-    ]
+    runs = [{"metrics": {k: v for k in demo.METRICS}, "train_time": 10.0 * v} for v in (1.0, 3.0)]
     row = demo._row("student + pgd", cfg, runs)
     assert row["AP"] == "2.00 ± 1.41" and row["seeds"] == 2 and row["train time"].startswith("20 s")
     assert demo._row("teacher", cfg, runs[:1])["AP"] == 1.0
@@ -130,8 +128,7 @@ HGD_ROWS = {
     "hgd-no-norm": lambda d: not d.normalize,
     "hgd-neck": lambda d: {p.group for p in d.pairs} == {"neck"},
     "hgd-backbone": lambda d: {p.group for p in d.pairs} == {"backbone"},
-    "hgd-cross": lambda d: [c.name for c in d.cross_terms]
-    == ["stage3>stage4", "stage4>stage5"],
+    "hgd-cross": lambda d: [c.name for c in d.cross_terms] == ["stage3>stage4", "stage4>stage5"],
 }
 
 
