@@ -423,14 +423,14 @@ class GKD(Distiller):
     ) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
         """dL_det/dA of every distilled level, (teacher, student), each level (N, C, H, W).
 
-        Dense detectors with GT targets reuse the losses of this step (the student's, with
-        ``retain_graph``); otherwise the losses are recomputed from the neck features with the
-        models' ``detection_loss_fn`` (two-stage: both with one RNG seed, so that the RPN samples
-        the same anchors for both)."""
+        GT targets: the detection losses of this step (the student's with ``retain_graph``; the
+        teacher's, two-stage: on the student's sampled anchors and proposals). Pseudo targets:
+        losses recomputed from the neck features with the models' ``detection_loss_fn`` (one RNG
+        seed for both, so that a two-stage RPN samples alike for alike targets)."""
         seed = int(torch.randint(2**31 - 1, ()))
         t_feats = teacher.features
         names = list(t_feats)
-        if self.two_stage or self.cam_target != "gt":
+        if self.cam_target != "gt":
             t_targets = self.targets(teacher, gt, student.proposals)
             s_targets = self.targets(student, gt, student.proposals)
             t_direct = _loss_gradients(teacher.detection_loss_fn, t_feats, names, t_targets, seed)
