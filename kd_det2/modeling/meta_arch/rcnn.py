@@ -109,8 +109,8 @@ class KDGeneralizedRCNN(KDMetaArchBase):
     ) -> DetectorOutputs:
         """The teacher's captured tensors on the student's sampled proposals; with
         ``gt_instances``, also its detection losses (RPN on the student's sampled anchors, and RoI
-        heads on the student's sampled proposals), differentiable with respect to its neck features (leaf tensors); the other
-        captured tensors are then detached."""
+        heads on the student's sampled proposals), differentiable with respect to its neck
+        features (leaf tensors); the other captured tensors are then detached."""
         model = self.teacher
         with_losses = gt_instances is not None
         images = model.preprocess_image(batched_inputs)
