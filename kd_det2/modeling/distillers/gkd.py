@@ -105,8 +105,9 @@ def importance_map(features: Tensor, grads: Tensor, absolute: bool = True) -> Te
             and A (signed, the paper's Eq. 1-3).
 
     Returns:
-        M = Norm(ReLU(sum_k w_k A_k)), (N, H, W) float32, min-max normalised per image; the
-        min and max are differentiable (the exact gradient of the normalised map).
+        M = Norm(ReLU(sum_k w_k A_k)) (|A_k| when ``absolute``), (N, H, W) float32, min-max
+        normalised per image; the min and max are differentiable (the exact gradient of the
+        normalised map).
     """
     a, g = features.float(), grads.detach().float()
     if absolute:
@@ -427,10 +428,10 @@ class GKD(Distiller):
         teacher's, two-stage: on the student's sampled anchors and proposals). Pseudo targets:
         losses recomputed from the neck features with the models' ``detection_loss_fn`` (one RNG
         seed for both, so that a two-stage RPN samples alike for alike targets)."""
-        seed = int(torch.randint(2**31 - 1, ()))
         t_feats = teacher.features
         names = list(t_feats)
         if self.cam_target != "gt":
+            seed = int(torch.randint(2**31 - 1, ()))
             t_targets = self.targets(teacher, gt, student.proposals)
             s_targets = self.targets(student, gt, student.proposals)
             t_direct = _loss_gradients(teacher.detection_loss_fn, t_feats, names, t_targets, seed)
