@@ -60,6 +60,10 @@ _NO_VLR = ["MODEL.KD.LD.LOSS_WEIGHT_VLR", "0.0"]
 _NO_KD = ["MODEL.KD.LD.LOSS_WEIGHT_KD", "0.0"]
 
 
+def _gkd(key: str, value: str) -> List[str]:
+    return [f"MODEL.KD.GKD.{key}", value]
+
+
 def _hgd(key: str, value: str) -> List[str]:
     return [f"MODEL.KD.HGD.{key}", value]
 
@@ -87,6 +91,12 @@ DISTILLED = {
     "hgd-neck": ("FCOS", "fcos_hgd.yaml", _hgd("BACKBONE", "False")),
     "hgd-backbone": ("FCOS", "fcos_hgd.yaml", _hgd("NECK", "False")),
     "hgd-cross": ("FCOS", "fcos_hgd.yaml", _hgd("CROSS_FORWARD", "True")),
+    # GKD (docs/GKD.md): maps against the GT; the official code's pseudo-GT targets; its parity
+    # mode (maps without gradient); with the BMFI terms
+    "gkd": ("GFL", "gfl_gkd.yaml", []),
+    "gkd-pseudo": ("GFL", "gfl_gkd.yaml", _gkd("CAM_TARGET", "pseudo")),
+    "gkd-parity": ("GFL", "gfl_gkd.yaml", _gkd("DIFFERENTIABLE", "False")),
+    "gkd-bmfi": ("GFL", "gfl_gkd_bmfi.yaml", []),
 }
 
 

@@ -49,10 +49,16 @@ class DetectorOutputs:
             "box_deltas": (R, 4*K) or (R, 4)}``.
         proposals: two-stage, student only: the sampled proposals, one :class:`Instances` per
             image with ``proposal_boxes`` and ``gt_classes`` (K = background).
+        rpn_assignment: two-stage, student only: the RPN's anchor sampling of this step, as its
+            ``label_and_sample_anchors`` returned it: (per image (R,) labels, 1 sampled positive,
+            0 sampled negative, -1 not sampled; per image (R, 4) matched GT boxes). The
+            teacher's RPN loss (when its losses are computed) is taken on these anchors, so that
+            both models' detection losses are the same function of their outputs.
         losses: the detector's detection losses of this step, in the graph of ``features``.
             Student: the losses the trainer optimises. Teacher: empty, unless a distiller
             declares ``needs = {"teacher_losses"}`` (see :class:`~kd_det2.modeling.distillers.
-            Distiller`); then they are computed against the GT, ``features`` are leaf tensors
+            Distiller`); then they are computed against the GT (two-stage: on the student's
+            sampled anchors and proposals), ``features`` are leaf tensors
             that require grad (the backbone ran without a graph) and the teacher's parameters
             still get no gradient.
         assignment: dense students: the detector's own label assignment of this step, recorded
@@ -79,6 +85,7 @@ class DetectorOutputs:
     rpn: Dict[str, List[Tensor]] = field(default_factory=dict)
     roi: Dict[str, Tensor] = field(default_factory=dict)
     proposals: Optional[List[Instances]] = None
+    rpn_assignment: Optional[Tuple[List[Tensor], List[Tensor]]] = None
     losses: Dict[str, Tensor] = field(default_factory=dict)
     assignment: Optional[Dict[str, Tensor]] = None
     model: Optional[nn.Module] = field(default=None, repr=False)

@@ -117,6 +117,10 @@ def test_rcnn_detection_loss_fn_has_rpn_and_roi_losses(tmp_path, probes):
     # the RoI classification loss on the student's sampled proposals equals the student's own
     assert torch.allclose(losses["loss_cls"], student.losses["loss_cls"], rtol=1e-5)
     assert set(teacher.losses) == set(losses)
+    # the student's RPN anchor sampling is recorded (the teacher's RPN loss is taken on it)
+    labels, boxes = student.rpn_assignment
+    assert len(labels) == len(boxes) == 2 and labels[0].shape[0] == boxes[0].shape[0]
+    assert set(torch.cat(labels).unique().tolist()) <= {-1, 0, 1}
 
 
 @pytest.mark.parametrize("arch", ["FCOS", "RetinaNet", "GFL"])

@@ -149,3 +149,28 @@ def test_demo_hgd_rows_build_with_their_switch(monkeypatch):
         cfg = demo.load_cfg(name, opts)
         cfg.MODEL.KD.TEACHER.WEIGHTS = ""
         assert family == "FCOS" and check(build_model(cfg).distillers["HGD"]), method
+
+
+#: demo row -> what its override changes in the built GKD distiller
+GKD_ROWS = {
+    "gkd": lambda d: d.cam_target == "gt" and d.differentiable and not d.bmfi_weights,
+    "gkd-pseudo": lambda d: d.cam_target == "pseudo",
+    "gkd-parity": lambda d: not d.differentiable,
+    "gkd-bmfi": lambda d: d.bmfi_weights == {"fg": 1e-3, "att": 5e-4, "global": 5e-6},
+}
+
+
+def test_demo_gkd_rows_build_with_their_switch(monkeypatch):
+    from detectron2.modeling import build_model
+
+    demo = _demo_module()
+    monkeypatch.chdir(ROOT)
+    assert sorted(GKD_ROWS) == sorted(m for m in demo.DISTILLED if m.startswith("gkd"))
+    for method, check in GKD_ROWS.items():
+        family, name, overrides = demo.DISTILLED[method]
+        opts = ["DATASETS.TRAIN", "()", "MODEL.KD.TEACHER.REQUIRE_WEIGHTS", "False"] + overrides
+        cfg = demo.load_cfg(name, opts)
+        cfg.MODEL.KD.TEACHER.WEIGHTS = ""
+        distiller = build_model(cfg).distillers["GKD"]
+        assert family == "GFL" and distiller.levels == ["p3", "p4", "p5", "p6", "p7"], method
+        assert check(distiller), method

@@ -59,6 +59,10 @@ EXPECTED = {
         ["HGD"],
     ),
     "projects/demo/configs/fcos_hgd.py": ("KDDenseDetector", "FCOS", ["HGD"]),
+    "projects/GKD/configs/gfl_r50.py": ("KDDenseDetector", "GFL", ["GKD"]),
+    "projects/GKD/configs/faster_rcnn_r50.py": ("KDGeneralizedRCNN", "GeneralizedRCNN", ["GKD"]),
+    "projects/demo/configs/gfl_gkd.py": ("KDDenseDetector", "GFL", ["GKD"]),
+    "projects/demo/configs/gfl_gkd_bmfi.py": ("KDDenseDetector", "GFL", ["GKD"]),
 }
 TOOL = os.path.join("tools", "lazyconfig_train_net.py")
 FITNET = "projects/demo/configs/fcos_fitnet.py"

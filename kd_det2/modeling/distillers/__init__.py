@@ -8,6 +8,7 @@ from .base import (
     registered_distillers,
 )
 from .baselines import FitNet, LogitKD
+from .gkd import GKD
 from .hgd import HGD
 from .ld import LD
 from .pgd import PGD
@@ -17,6 +18,7 @@ __all__ = [
     "KD_DISTILLER_REGISTRY",
     "Distiller",
     "FitNet",
+    "GKD",
     "HGD",
     "LD",
     "LogitKD",

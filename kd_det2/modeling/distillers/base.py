@@ -15,7 +15,9 @@ contract tests in ``tests/modeling/test_distiller_contract.py``):
   method pays for it. The only such need today is ``"teacher_losses"``: the teacher's detection
   losses against the GT, differentiable with respect to the teacher's neck outputs (which become
   leaf tensors that require grad; the backbone still runs without a graph and the teacher's
-  parameters stay frozen); see :class:`~kd_det2.modeling.outputs.DetectorOutputs`;
+  parameters stay frozen). Two-stage teachers are scored on the student's sampled anchors
+  (``DetectorOutputs.rpn_assignment``) and proposals, so that both models' losses are the same
+  function of their outputs; see :class:`~kd_det2.modeling.outputs.DetectorOutputs`;
 * ``vanishing_terms``: the loss names that are zero when teacher and student compute the same
   outputs (terms that measure a teacher-student difference);
 * ``level_key``: the config key listing the feature levels or stages it reads, or None when it

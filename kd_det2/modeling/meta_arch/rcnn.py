@@ -74,13 +74,15 @@ class KDGeneralizedRCNN(KDMetaArchBase):
         if not hasattr(model.backbone, "bottom_up"):
             del outputs["bottom_up"]
         rec = ForwardRecorder(model, outputs=outputs)
+        pg = model.proposal_generator
+        anchor_recording = record_calls(pg, "label_and_sample_anchors")
         with rec, record_calls(model.roi_heads, "label_and_sample_proposals") as sampled:
-            features = model.backbone(images.tensor)
-            proposals, proposal_losses = model.proposal_generator(images, features, gt_instances)
+            with anchor_recording as anchor_samples:
+                features = model.backbone(images.tensor)
+                proposals, proposal_losses = pg(images, features, gt_instances)
             _, detector_losses = model.roi_heads(images, features, proposals, gt_instances)
         objectness, anchor_deltas = rec["rpn_head"][0]
         cls_logits, box_deltas = rec["box_predictor"][0]
-        pg = model.proposal_generator
         out = DetectorOutputs(
             images=images,
             backbone=rec["bottom_up"][0] if "bottom_up" in outputs else features,
@@ -91,6 +93,7 @@ class KDGeneralizedRCNN(KDMetaArchBase):
             rpn={"objectness_logits": objectness, "anchor_deltas": anchor_deltas},
             roi={"cls_logits": cls_logits, "box_deltas": box_deltas},
             proposals=sampled[0],
+            rpn_assignment=anchor_samples[0],
             model=model,
             detection_loss_fn=_detection_loss_fn(model, sampled[0]),
         )
@@ -105,9 +108,9 @@ class KDGeneralizedRCNN(KDMetaArchBase):
         gt_instances: Optional[List[Instances]] = None,
     ) -> DetectorOutputs:
         """The teacher's captured tensors on the student's sampled proposals; with
-        ``gt_instances``, also its detection losses (RPN, and RoI heads on the student's sampled
-        proposals), differentiable with respect to its neck features (leaf tensors); the other
-        captured tensors are then detached."""
+        ``gt_instances``, also its detection losses (RPN on the student's sampled anchors, and RoI
+        heads on the student's sampled proposals), differentiable with respect to its neck
+        features (leaf tensors); the other captured tensors are then detached."""
         model = self.teacher
         with_losses = gt_instances is not None
         images = model.preprocess_image(batched_inputs)
@@ -119,7 +122,11 @@ class KDGeneralizedRCNN(KDMetaArchBase):
         if with_losses:
             features = {k: v.detach().requires_grad_() for k, v in features.items()}
         loss_fn = _detection_loss_fn(model, student.proposals)
-        losses = loss_fn(features, gt_instances) if with_losses else {}
+        losses = {}
+        if with_losses:
+            losses = _detection_losses(
+                model, student.proposals, features, gt_instances, student.rpn_assignment
+            )
         grad = contextlib.nullcontext() if not with_losses else torch.no_grad()
         with grad:
             out = self._teacher_heads(model, images, features, student)
@@ -151,9 +158,16 @@ class KDGeneralizedRCNN(KDMetaArchBase):
         )
 
 
-def _rpn_losses(pg: nn.Module, features: Dict[str, Tensor], targets: List[Instances]):
-    """detectron2 RPN losses of ``pg`` from neck features, against ``targets`` (anchors are
-    sampled as the RPN does in training)."""
+def _rpn_losses(
+    pg: nn.Module,
+    features: Dict[str, Tensor],
+    targets: List[Instances],
+    samples: Optional[Tuple[List[Tensor], List[Tensor]]] = None,
+):
+    """detectron2 RPN losses of ``pg`` from neck features, against ``targets``: on the anchors
+    of ``samples`` (what a ``label_and_sample_anchors`` call returned for these targets, e.g. the
+    student's) when given and with as many anchors, else on anchors sampled as the RPN does in
+    training."""
     levels = [features[f] for f in pg.in_features]
     anchors = pg.anchor_generator(levels)
     objectness, deltas = pg.rpn_head(levels)
@@ -165,7 +179,10 @@ def _rpn_losses(pg: nn.Module, features: Dict[str, Tensor], targets: List[Instan
         .flatten(1, -2)
         for x in deltas
     ]
-    gt_labels, gt_boxes = pg.label_and_sample_anchors(anchors, targets)
+    if samples is not None and len(samples[0][0]) == sum(len(a) for a in anchors):
+        gt_labels, gt_boxes = samples
+    else:
+        gt_labels, gt_boxes = pg.label_and_sample_anchors(anchors, targets)
     return pg.losses(anchors, objectness, gt_labels, deltas, gt_boxes)
 
 
@@ -189,20 +206,32 @@ def _relabel_proposals(roi: nn.Module, proposals: List[Instances], targets: List
     return out
 
 
+def _detection_losses(
+    model,
+    proposals: List[Instances],
+    features: Dict[str, Tensor],
+    targets: List[Instances],
+    rpn_samples: Optional[Tuple[List[Tensor], List[Tensor]]] = None,
+) -> Dict[str, Tensor]:
+    """RPN losses (on ``rpn_samples`` when given, see :func:`_rpn_losses`) + RoI box losses on
+    the sampled ``proposals`` relabelled against the targets, from given neck features."""
+    roi = model.roi_heads
+    labelled = _relabel_proposals(roi, proposals, targets)
+    pooled = roi.box_pooler(
+        [features[f] for f in roi.box_in_features], [p.proposal_boxes for p in labelled]
+    )
+    predictions = roi.box_predictor(roi.box_head(pooled))
+    return {
+        **_rpn_losses(model.proposal_generator, features, targets, rpn_samples),
+        **roi.box_predictor.losses(predictions, labelled),
+    }
+
+
 def _detection_loss_fn(model, proposals: List[Instances]) -> DetectionLossFn:
     """RPN losses + RoI box losses on the student's sampled ``proposals`` (relabelled against
     the targets), from given neck features."""
 
     def detection_losses(features: Dict[str, Tensor], targets: List[Instances]):
-        roi = model.roi_heads
-        labelled = _relabel_proposals(roi, proposals, targets)
-        pooled = roi.box_pooler(
-            [features[f] for f in roi.box_in_features], [p.proposal_boxes for p in labelled]
-        )
-        predictions = roi.box_predictor(roi.box_head(pooled))
-        return {
-            **_rpn_losses(model.proposal_generator, features, targets),
-            **roi.box_predictor.losses(predictions, labelled),
-        }
+        return _detection_losses(model, proposals, features, targets)
 
     return detection_losses
