@@ -14,18 +14,15 @@ affect them alike; the ratios to the student step are the numbers to compare acr
 """
 import argparse
 import os
-import statistics
-import time
+import sys
 
 import torch
-from detectron2.data import build_detection_train_loader
-from detectron2.modeling import build_model
-from detectron2.utils.events import EventStorage
 from tabulate import tabulate
 
 import kd_det2  # noqa: F401
-from kd_det2.config import get_kd_cfg
-from kd_det2.engine import KDTrainer, prepare_datasets
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmark_kd_step import interleaved_step_ms, variant_config  # noqa: E402
 
 #: variant -> MODEL.KD.GKD overrides
 VARIANTS = {
@@ -36,69 +33,19 @@ VARIANTS = {
 }
 
 
-def _cfg(config: str, opts, device: str):
-    cfg = get_kd_cfg()
-    cfg.merge_from_file(config)
-    cfg.merge_from_list(opts + ["MODEL.DEVICE", device, "DATALOADER.NUM_WORKERS", "0"])
-    cfg.MODEL.KD.WARMUP_ITERS = 0
-    if not os.path.isfile(cfg.MODEL.KD.TEACHER.WEIGHTS):
-        cfg.MODEL.KD.TEACHER.WEIGHTS = ""  # the cost does not depend on the weights
-        cfg.MODEL.KD.TEACHER.REQUIRE_WEIGHTS = False
-    return cfg
-
-
-def _step(model, optimizer, batch, mode: str, clock) -> float:
-    """Seconds of one training step: "student" (alone), "teacher" (+ the teacher's forward
-    without grad), "kd" (the wrapper's forward with its distillers)."""
-    device = model.device
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = clock()
-    if mode == "kd":
-        losses = model(batch)
-    else:
-        gt = [x["instances"].to(device) for x in batch]
-        losses, s_out = model.student_step(batch, gt)
-        if mode == "teacher":
-            with torch.no_grad():
-                model.teacher_step(model.teacher_inputs(batch), s_out)
-    optimizer.zero_grad()
-    sum(losses.values()).backward()
-    optimizer.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return clock() - start
-
-
 def step_table(config: str, iters: int, warmup: int, device: str, cpu_time: bool = False):
     """Rows of median ms per training step, for the student alone, + the teacher's forward and
-    each GKD variant, with the ratio to the student alone."""
-    clock = time.process_time if cpu_time else time.perf_counter
-    cfgs = {name: _cfg(config, opts, device) for name, opts in VARIANTS.items()}
-    base = next(iter(cfgs.values()))
-    prepare_datasets(base)
-    models, optimizers = {}, {}
-    for name, cfg in cfgs.items():
-        torch.manual_seed(0)
-        models[name] = build_model(cfg).train()
-        optimizers[name] = KDTrainer.build_optimizer(cfg, models[name])
-    first = next(iter(models))
-    loader = iter(build_detection_train_loader(base))
-    times = {"student alone": [], "+ teacher forward (no grad)": [], **{n: [] for n in models}}
-    with EventStorage():
-        for step in range(warmup + iters):
-            batch = next(loader)
-            runs = [("student alone", first, "student")]
-            runs += [("+ teacher forward (no grad)", first, "teacher")]
-            runs += [(name, name, "kd") for name in models]
-            for key, name, mode in runs:
-                seconds = _step(models[name], optimizers[name], batch, mode, clock)
-                if step >= warmup:
-                    times[key].append(seconds * 1000)
-    ms = {k: statistics.median(v) for k, v in times.items()}
+    each GKD variant (the wrapper's own forward), with the ratio to the student alone."""
+    cfgs = {}
+    for name, opts in VARIANTS.items():
+        cfgs[name] = variant_config(config, opts + ["MODEL.KD.WARMUP_ITERS", "0"], device)
+    ms = interleaved_step_ms(cfgs, iters, warmup, "wrapper", cpu_time)
+    ms["student alone"] = ms.pop("student")
+    ms["+ teacher forward (no grad)"] = ms.pop("teacher")
+    order = ["student alone", "+ teacher forward (no grad)", *VARIANTS]
     return [
-        {"training step": k, "ms / iter": v, "/ student alone": v / ms["student alone"]}
-        for k, v in ms.items()
+        {"training step": k, "ms / iter": ms[k], "/ student alone": ms[k] / ms["student alone"]}
+        for k in order
     ]
 
 

@@ -24,20 +24,15 @@ import sys
 import time
 
 import torch
-from detectron2.data import build_detection_train_loader
-from detectron2.modeling import build_model
 from detectron2.structures import Boxes, ImageList, Instances
-from detectron2.utils.events import EventStorage
 from tabulate import tabulate
 
 import kd_det2  # noqa: F401
-from kd_det2.config import get_kd_cfg
-from kd_det2.engine import KDTrainer, prepare_datasets
 from kd_det2.modeling.distillers import HGD
 from kd_det2.modeling.outputs import DetectorOutputs
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmark_kd_step import _step  # noqa: E402
+from benchmark_kd_step import interleaved_step_ms, variant_config  # noqa: E402
 
 #: variant -> MODEL.KD.HGD overrides
 VARIANTS = {
@@ -78,16 +73,6 @@ SCALES = {
 }
 
 
-def _cfg(config: str, opts, device: str):
-    cfg = get_kd_cfg()
-    cfg.merge_from_file(config)
-    cfg.merge_from_list(opts + ["MODEL.DEVICE", device, "DATALOADER.NUM_WORKERS", "0"])
-    if not os.path.isfile(cfg.MODEL.KD.TEACHER.WEIGHTS):
-        cfg.MODEL.KD.TEACHER.WEIGHTS = ""  # the cost does not depend on the weights
-        cfg.MODEL.KD.TEACHER.REQUIRE_WEIGHTS = False
-    return cfg
-
-
 def step_table(config: str, iters: int, warmup: int, device: str, cpu_time: bool = False):
     """Median ms of a training step (forward, backward, optimizer step) of the student alone,
     with the teacher's forward, and with each HGD variant; every variant runs on every batch, one
@@ -97,33 +82,11 @@ def step_table(config: str, iters: int, warmup: int, device: str, cpu_time: bool
         cpu_time: measure the process's CPU time (all its threads) instead of the wall clock:
             on a shared CPU machine, other processes then inflate the numbers much less.
     """
-    cfgs = {name: _cfg(config, opts, device) for name, opts in VARIANTS.items()}
-    base = next(iter(cfgs.values()))
-    prepare_datasets(base)
-    models, optimizers = {}, {}
-    for name, cfg in cfgs.items():
-        torch.manual_seed(0)
-        models[name] = build_model(cfg).train()
-        optimizers[name] = KDTrainer.build_optimizer(cfg, models[name])
-    first = next(iter(models))
-    loader = iter(build_detection_train_loader(base))
-    times = {"student": [], "teacher": [], **{name: [] for name in models}}
-    with EventStorage():
-        for step in range(warmup + iters):
-            batch = next(loader)
-            runs = [("student", first, "student"), ("teacher", first, "teacher")]
-            runs += [(name, name, "kd") for name in models]
-            for key, name, mode in runs:
-                start = time.process_time()
-                seconds = _step(models[name], optimizers[name], batch, mode)
-                if cpu_time:
-                    seconds = time.process_time() - start
-                if step >= warmup:
-                    times[key].append(seconds * 1000)
-    ms = {k: statistics.median(v) for k, v in times.items()}
+    cfgs = {name: variant_config(config, opts, device) for name, opts in VARIANTS.items()}
+    ms = interleaved_step_ms(cfgs, iters, warmup, "kd", cpu_time)
     rows = [{"training step": "student alone", "ms / iter": ms["student"]}]
     rows.append({"training step": "+ teacher forward", "ms / iter": ms["teacher"]})
-    for name in models:
+    for name in VARIANTS:
         added = ms[name] - ms["teacher"]
         rows.append(
             {

@@ -30,27 +30,80 @@ from kd_det2.config import get_kd_cfg
 from kd_det2.engine import KDTrainer, prepare_datasets
 
 
-def _now(device: torch.device) -> float:
+def _now(device: torch.device, clock=time.perf_counter) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter()
+    return clock()
 
 
-def _step(model, optimizer, batch, mode: str) -> float:
-    """One training step in ``mode`` ("student", "teacher", "kd"); returns its seconds."""
+def _step(model, optimizer, batch, mode: str, clock=time.perf_counter) -> float:
+    """One training step in ``mode``; returns its seconds (of ``clock``). Modes: "student" (the
+    student alone), "teacher" (+ the teacher's forward without grad), "kd" (+ the distillers on
+    the no-grad capture), "wrapper" (the KD wrapper's own forward, for distillers that declare
+    ``needs``, e.g. GKD's teacher losses with a graph)."""
     device = model.device
-    start = _now(device)
-    gt = [x["instances"].to(device) for x in batch]
-    losses, s_out = model.student_step(batch, gt)
-    if mode != "student":
-        with torch.no_grad():
-            t_out = model.teacher_step(model.teacher_inputs(batch), s_out)
-        if mode == "kd":
-            losses.update(model.distill(t_out, s_out, gt))
+    start = _now(device, clock)
+    if mode == "wrapper":
+        losses = model(batch)
+    else:
+        gt = [x["instances"].to(device) for x in batch]
+        losses, s_out = model.student_step(batch, gt)
+        if mode != "student":
+            with torch.no_grad():
+                t_out = model.teacher_step(model.teacher_inputs(batch), s_out)
+            if mode == "kd":
+                losses.update(model.distill(t_out, s_out, gt))
     optimizer.zero_grad()
     sum(losses.values()).backward()
     optimizer.step()
-    return _now(device) - start
+    return _now(device, clock) - start
+
+
+def variant_config(config: str, opts, device: str):
+    """A KD config for a cost benchmark: ``opts`` merged, ``device``, no loader workers, and a
+    teacher with random weights when its checkpoint is missing (the cost does not depend on
+    them)."""
+    cfg = get_kd_cfg()
+    cfg.merge_from_file(config)
+    cfg.merge_from_list(list(opts) + ["MODEL.DEVICE", device, "DATALOADER.NUM_WORKERS", "0"])
+    if not os.path.isfile(cfg.MODEL.KD.TEACHER.WEIGHTS):
+        cfg.MODEL.KD.TEACHER.WEIGHTS = ""
+        cfg.MODEL.KD.TEACHER.REQUIRE_WEIGHTS = False
+    return cfg
+
+
+def interleaved_step_ms(cfgs, iters: int, warmup: int, kd_mode: str = "kd", cpu_time=False):
+    """Median ms of a training step for each variant of ``cfgs`` (name -> KD config), plus
+    "student" (the first variant's student alone) and "teacher" (+ its teacher's forward without
+    grad). Every variant runs on every batch, one after the other, so that load changes of the
+    machine affect them alike.
+
+    Args:
+        kd_mode: how the variants run, "kd" or "wrapper" (see :func:`_step`).
+        cpu_time: the process's CPU time (all its threads) instead of the wall clock: on a shared
+            CPU machine, other processes then inflate the numbers much less.
+    """
+    clock = time.process_time if cpu_time else time.perf_counter
+    base = next(iter(cfgs.values()))
+    prepare_datasets(base)
+    models, optimizers = {}, {}
+    for name, cfg in cfgs.items():
+        torch.manual_seed(0)
+        models[name] = build_model(cfg).train()
+        optimizers[name] = KDTrainer.build_optimizer(cfg, models[name])
+    first = next(iter(models))
+    loader = iter(build_detection_train_loader(base))
+    times = {"student": [], "teacher": [], **{name: [] for name in models}}
+    with EventStorage():
+        for step in range(warmup + iters):
+            batch = next(loader)
+            runs = [("student", first, "student"), ("teacher", first, "teacher")]
+            runs += [(name, name, kd_mode) for name in models]
+            for key, name, mode in runs:
+                seconds = _step(models[name], optimizers[name], batch, mode, clock)
+                if step >= warmup:
+                    times[key].append(seconds * 1000)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def measure(cfg, iters: int, warmup: int) -> dict:

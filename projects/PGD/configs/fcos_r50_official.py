@@ -16,7 +16,7 @@ from detectron2.data import transforms as T
 from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
-from .fcos_r50 import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
+from .fcos_r50 import dataloader, model, optimizer, train  # noqa: F401
 
 _ITERS = 43975
 model.distillers.PGD.official_batch_mask_mixing = True
