@@ -477,8 +477,8 @@ def test_pgd_passes_its_backend(monkeypatch):
     assert get_kd_cfg().MODEL.KD.PGD.BACKEND == "auto" and "BACKEND" in pgd._SCALAR_KEYS
     seen = []
 
-    def fake(scores, *args):
-        seen.append(args[-1])
+    def fake(scores, *args, **kwargs):
+        seen.append(args[-1])  # the backend, the last positional argument
         return torch.zeros(2, *scores.shape[:2]), torch.ones(*scores.shape[:2])
 
     monkeypatch.setattr(pgd, "key_region_weights", fake)
