@@ -1,12 +1,14 @@
 """KD wrapper for two-stage detectors (detectron2 ``GeneralizedRCNN`` with standard RoI heads)."""
 
 import contextlib
+import logging
 from typing import Dict, List, Optional, Tuple
 
 import torch
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch.rcnn import GeneralizedRCNN
 from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
+from detectron2.utils.logger import log_first_n
 from torch import Tensor, nn
 
 from ..outputs import DetectionLossFn, DetectorOutputs, ModelSpec
@@ -179,9 +181,19 @@ def _rpn_losses(
         .flatten(1, -2)
         for x in deltas
     ]
-    if samples is not None and len(samples[0][0]) == sum(len(a) for a in anchors):
+    num_anchors = sum(len(a) for a in anchors)
+    if samples is not None and len(samples[0][0]) == num_anchors:
         gt_labels, gt_boxes = samples
     else:
+        if samples is not None:
+            log_first_n(
+                logging.WARNING,
+                f"The teacher's RPN has {num_anchors} anchors per image, the student's "
+                f"{len(samples[0][0])}: the teacher's RPN loss samples its own anchors, so the "
+                "two models' detection losses are not taken on the same anchors.",
+                n=1,
+                name="kd_det2",
+            )
         gt_labels, gt_boxes = pg.label_and_sample_anchors(anchors, targets)
     return pg.losses(anchors, objectness, gt_labels, deltas, gt_boxes)
 
