@@ -2,7 +2,7 @@
 """The kd_det2 demo (``make demo``): teacher, plain students and distilled students on kd_shapes.
 
 For each detector family the ``--methods`` need (FCOS for no-inherit, pgd, fitnet, logit, rm,
-pfi, rm-pfi and hgd*; GFL for the ld* methods and gfl-fitnet):
+pfi, rm-pfi and hgd*; GFL for the ld* methods, gfl-fitnet and gkd*; Faster R-CNN for rcnn-gkd):
 
 1. trains the teacher (cached: skipped when its checkpoint and config are unchanged),
 2. trains, for each seed of ``--seeds``, the plain student (neck and head inherited from the
@@ -16,7 +16,7 @@ Other data: ``DATASETS.TRAIN "('voc:<dir>:trainval',)" DATASETS.TEST "('voc:<dir
 ``coco:<file.json>`` names) as overrides; NUM_CLASSES then follows the training set's classes.
 
     python tools/demo.py [--methods no-inherit,pgd,fitnet,logit,rm,pfi,rm-pfi,ld,ld-main,
-                                    ld-main-vlr,gfl-fitnet,hgd,hgd-...]
+                                    ld-main-vlr,gfl-fitnet,hgd,hgd-...,gkd,gkd-...,rcnn-gkd]
                          [--student-iters N] [--teacher-iters N] [--seeds 0,1,2] [--output DIR]
                          [--force-teacher] [KEY VALUE ...]
 """
@@ -49,10 +49,11 @@ logger = logging.getLogger("kd_det2.demo")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_DIR = os.path.join(REPO, "projects", "demo")
-#: detector family -> (teacher config, plain-student config)
+#: detector family (the student's meta-architecture) -> (teacher config, plain-student config)
 FAMILIES = {
     "FCOS": ("fcos_teacher.yaml", "fcos_student.yaml"),
     "GFL": ("gfl_teacher.yaml", "gfl_student.yaml"),
+    "GeneralizedRCNN": ("rcnn_teacher.yaml", "rcnn_student.yaml"),  # Faster R-CNN
 }
 #: the plain student without the teacher's neck and head (ImageNet backbone only)
 NO_INHERIT = "no-inherit"
@@ -97,6 +98,8 @@ DISTILLED = {
     "gkd-pseudo": ("GFL", "gfl_gkd.yaml", _gkd("CAM_TARGET", "pseudo")),
     "gkd-parity": ("GFL", "gfl_gkd.yaml", _gkd("DIFFERENTIABLE", "False")),
     "gkd-bmfi": ("GFL", "gfl_gkd_bmfi.yaml", []),
+    # two-stage GKD: Faster R-CNN, RPN + RoI-head losses on the student's samples
+    "rcnn-gkd": ("GeneralizedRCNN", "rcnn_gkd.yaml", []),
 }
 
 

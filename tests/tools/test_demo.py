@@ -74,9 +74,14 @@ def test_demo_teacher_and_student_differ_only_in_the_backbone():
     for family, (teacher_name, student_name) in demo.FAMILIES.items():
         teacher = demo.load_cfg(teacher_name, ["DATASETS.TRAIN", "()"])
         student = demo.load_cfg(student_name, ["DATASETS.TRAIN", "()"])
-        node = family.upper()
         assert teacher.MODEL.FPN.OUT_CHANNELS == student.MODEL.FPN.OUT_CHANNELS, family
-        assert teacher.MODEL[node].NUM_CONVS == student.MODEL[node].NUM_CONVS, family
+        assert teacher.MODEL.FPN.IN_FEATURES == student.MODEL.FPN.IN_FEATURES, family
+        if family == "GeneralizedRCNN":
+            for node in ("ANCHOR_GENERATOR", "RPN", "ROI_HEADS", "ROI_BOX_HEAD"):
+                assert teacher.MODEL[node] == student.MODEL[node], node
+        else:
+            node = family.upper()
+            assert teacher.MODEL[node].NUM_CONVS == student.MODEL[node].NUM_CONVS, family
         assert "efficientnet_lite" in teacher.MODEL.BACKBONE.NAME, family
         assert "mobilenet_v2" in student.MODEL.BACKBONE.NAME, family
         assert demo.backbone_name(teacher) == "EfficientNet-Lite2-FPN64"
@@ -174,3 +179,20 @@ def test_demo_gkd_rows_build_with_their_switch(monkeypatch):
         distiller = build_model(cfg).distillers["GKD"]
         assert family == "GFL" and distiller.levels == ["p3", "p4", "p5", "p6", "p7"], method
         assert check(distiller), method
+
+
+def test_demo_two_stage_gkd_row_builds(monkeypatch):
+    """The rcnn-gkd row: Faster R-CNN student and teacher, maps on P2-P5, two-stage losses."""
+    from detectron2.modeling import build_model
+
+    demo = _demo_module()
+    monkeypatch.chdir(ROOT)
+    family, name, overrides = demo.DISTILLED["rcnn-gkd"]
+    opts = ["DATASETS.TRAIN", "()", "MODEL.KD.TEACHER.REQUIRE_WEIGHTS", "False"] + overrides
+    cfg = demo.load_cfg(name, opts)
+    cfg.MODEL.KD.TEACHER.WEIGHTS = ""
+    model = build_model(cfg)
+    distiller = model.distillers["GKD"]
+    assert family == "GeneralizedRCNN" and type(model).__name__ == "KDGeneralizedRCNN"
+    assert distiller.levels == ["p2", "p3", "p4", "p5"] and distiller.two_stage
+    assert distiller.beta == 0.01 and distiller.cam_target == "gt"

@@ -63,6 +63,9 @@ EXPECTED = {
     "projects/GKD/configs/faster_rcnn_r50.py": ("KDGeneralizedRCNN", "GeneralizedRCNN", ["GKD"]),
     "projects/demo/configs/gfl_gkd.py": ("KDDenseDetector", "GFL", ["GKD"]),
     "projects/demo/configs/gfl_gkd_bmfi.py": ("KDDenseDetector", "GFL", ["GKD"]),
+    "projects/demo/configs/rcnn_teacher.py": ("GeneralizedRCNN", None, None),
+    "projects/demo/configs/rcnn_student.py": ("KDGeneralizedRCNN", "GeneralizedRCNN", []),
+    "projects/demo/configs/rcnn_gkd.py": ("KDGeneralizedRCNN", "GeneralizedRCNN", ["GKD"]),
 }
 TOOL = os.path.join("tools", "lazyconfig_train_net.py")
 FITNET = "projects/demo/configs/fcos_fitnet.py"
