@@ -14,8 +14,9 @@ from kd_det2.modeling.backbones import MobileNetV2Backbone
 from kd_det2.modeling.teacher import build_kd_model, build_teacher_model
 
 from .fcos_teacher import _schedule
-from .rcnn_teacher import dataloader, optimizer, train  # noqa: F401
+from .rcnn_teacher import dataloader  # noqa: F401
 from .rcnn_teacher import model as _student
+from .rcnn_teacher import optimizer, train  # noqa: F401
 
 _student.backbone.bottom_up = L(MobileNetV2Backbone)(
     out_features=["stage2", "stage3", "stage4", "stage5"],
