@@ -60,7 +60,8 @@ class DetectorOutputs:
             Distiller`); then they are computed against the GT (two-stage: on the student's
             sampled anchors and proposals), ``features`` are leaf tensors
             that require grad (the backbone ran without a graph) and the teacher's parameters
-            still get no gradient.
+            still get no gradient. ``"teacher_leaves"`` gives the leaf ``features`` without the
+            losses.
         assignment: dense students: the detector's own label assignment of this step, recorded
             from its ``label_anchors`` (not recomputed): ``{"gt_labels": (N, R) long, K for
             background and -1 for ignored anchors, "gt_index": (N, R) long, the index of the

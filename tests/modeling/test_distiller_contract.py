@@ -17,6 +17,7 @@ from detectron2.utils.events import EventStorage
 import kd_det2  # noqa: F401  (registers every distiller)
 from kd_det2.engine import KDCheckpointer
 from kd_det2.modeling.distillers import KD_DISTILLER_REGISTRY, registered_distillers
+from kd_det2.modeling.distillers.base import KNOWN_NEEDS
 
 FAMILIES = {"FCOS": "dense", "RetinaNet": "dense", "GFL": "dense", "GeneralizedRCNN": "rcnn"}
 WRAPPER = {"dense": "KDDenseDetector", "rcnn": "KDGeneralizedRCNN"}
@@ -79,17 +80,12 @@ def kd_losses(model, batch):
 
 def captures(model, batch):
     """(teacher outputs, student outputs, GT) of one training step, as the wrapper's forward
-    computes them (the teacher with grad only when a distiller needs its losses)."""
+    computes them (the teacher as the distillers' ``needs`` ask, :meth:`run_teacher`)."""
     model.train()
     gt = [x["instances"] for x in batch]
     with EventStorage():
         _, student = model.student_step(batch, gt)
-        inputs = model.teacher_inputs(batch)
-        if "teacher_losses" in model.needs:
-            teacher = model.teacher_step(inputs, student, gt)
-        else:
-            with torch.no_grad():
-                teacher = model.teacher_step(inputs, student)
+        teacher = model.run_teacher(model.teacher_inputs(batch), student, gt)
     return teacher, student, gt
 
 
@@ -163,7 +159,7 @@ def test_losses_gradients_teacher_autocast_and_checkpoint(tmp_path, name, arch):
     KDCheckpointer(fresh).load(str(tmp_path / "ckpt.pth"))
     for key, value in fresh.distillers[name].state_dict().items():
         assert torch.equal(value, distiller_state[f"distillers.{name}.{key}"]), key
-    assert cls.needs <= {"teacher_losses"}
+    assert cls.needs <= KNOWN_NEEDS and model.distillers[name].needs <= cls.needs
 
 
 @pytest.mark.parametrize("name,arch", SUPPORTED)

@@ -205,6 +205,9 @@ def _kd_step(model, batch):
 @pytest.mark.parametrize("target", ["gt", "pseudo"])
 def test_student_gets_gradient_from_gkd_and_the_teacher_none(tmp_path, arch, target):
     model = _model(tmp_path, arch, CAM_TARGET=target, PSEUDO_SCORE_THRESH=0.0)
+    # the wrapper computes the teacher's GT losses only for GT maps; pseudo maps get its neck
+    # outputs as leaves and compute their own losses
+    assert model.needs == {"teacher_losses" if target == "gt" else "teacher_leaves"}
     batch = make_batch(boxes_per_image=(3, 1))
     kd = _kd_step(model, batch)
     assert set(kd) == {"loss_kd_gkd"} and torch.isfinite(kd["loss_kd_gkd"])
@@ -222,6 +225,7 @@ def test_parity_mode_gives_no_gradient(tmp_path):
 
 def test_bmfi_terms_are_returned_weighted_and_train_the_adapters(tmp_path):
     model = _model(tmp_path, "RetinaNet", BETA=0.0, ALPHA=1e-3, GAMMA=2e-3, LAMBDA=5e-6)
+    assert model.needs == frozenset()  # BMFI alone: the teacher runs without a graph
     kd = _kd_step(model, make_batch(boxes_per_image=(3, 1)))
     assert set(kd) == {"loss_kd_bmfi_fg", "loss_kd_bmfi_att", "loss_kd_bmfi_global"}
     sum(kd.values()).backward()

@@ -33,14 +33,18 @@ class _NeedsTeacherLosses(_Probe):
     needs = frozenset({"teacher_losses"})
 
 
+class _NeedsTeacherLeaves(_Probe):
+    needs = frozenset({"teacher_leaves"})
+
+
 @pytest.fixture
 def probes():
     """Register the probe distillers for one test only (the registry is global)."""
-    for cls in (_Probe, _NeedsTeacherLosses):
+    for cls in (_Probe, _NeedsTeacherLosses, _NeedsTeacherLeaves):
         KD_DISTILLER_REGISTRY.register(cls)
     _Probe.seen.clear()
     yield
-    for cls in (_Probe, _NeedsTeacherLosses):
+    for cls in (_Probe, _NeedsTeacherLosses, _NeedsTeacherLeaves):
         KD_DISTILLER_REGISTRY._obj_map.pop(cls.__name__)
 
 
@@ -75,6 +79,30 @@ def test_teacher_losses_only_when_declared(tmp_path, probes, arch):
     # other captures are detached; the teacher's parameters never get a gradient
     assert not any(x.requires_grad for v in teacher.predictions.values() for x in v)
     sum(losses.values()).backward()
+    assert all(p.grad is None for p in model.teacher.parameters())
+
+
+@pytest.mark.parametrize("arch", ["FCOS", "GeneralizedRCNN"])
+def test_teacher_leaves_without_losses(tmp_path, probes, arch):
+    """``"teacher_leaves"``: neck outputs as leaves that require grad, no GT losses, no graph on
+    the other captures; the distiller's own losses through ``detection_loss_fn`` reach the
+    leaves and never the teacher's parameters."""
+    batch = make_batch(boxes_per_image=(3, 1))
+    model = build_model(kd_cfg(tmp_path, arch, distillers=("_NeedsTeacherLeaves",)))
+    assert model.needs == {"teacher_leaves"}
+    _step(model, batch)
+    teacher, _ = _Probe.seen[-1]
+    assert teacher.losses == {}
+    feats = list(teacher.features.values())
+    assert all(f.is_leaf and f.requires_grad for f in feats)
+    assert not any(x.requires_grad for x in teacher.backbone.values())
+    assert not any(x.requires_grad for v in teacher.predictions.values() for x in v)
+    assert not any(x.requires_grad for x in teacher.roi.values())
+    gt = [x["instances"] for x in batch]
+    with EventStorage():
+        losses = teacher.detection_loss_fn(teacher.features, gt)
+    grads = torch.autograd.grad(sum(losses.values()), feats, allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
     assert all(p.grad is None for p in model.teacher.parameters())
 
 

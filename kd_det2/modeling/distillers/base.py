@@ -12,12 +12,20 @@ contract tests in ``tests/modeling/test_distiller_contract.py``):
 * ``supported_kinds`` / ``supported_archs``: the detector families it supports; every other
   family is refused when the model is built, with the distiller's name in the message;
 * ``needs``: what the KD wrapper must compute for it beyond the default capture, so that no other
-  method pays for it. The only such need today is ``"teacher_losses"``: the teacher's detection
-  losses against the GT, differentiable with respect to the teacher's neck outputs (which become
-  leaf tensors that require grad; the backbone still runs without a graph and the teacher's
-  parameters stay frozen). Two-stage teachers are scored on the student's sampled anchors
-  (``DetectorOutputs.rpn_assignment``) and proposals, so that both models' losses are the same
-  function of their outputs; see :class:`~kd_det2.modeling.outputs.DetectorOutputs`;
+  method pays for it (the wrapper takes the union over its distillers):
+
+  - ``"teacher_leaves"``: the teacher's neck outputs as leaf tensors that require grad (the
+    backbone runs without a graph, the head's captured outputs carry none, the teacher's
+    parameters stay frozen), for losses the distiller computes itself from them with
+    ``DetectorOutputs.detection_loss_fn`` (e.g. against targets other than the GT);
+  - ``"teacher_losses"``: the above, plus the teacher's detection losses against the GT in the
+    graph of those leaves. Two-stage teachers are scored on the student's sampled anchors
+    (``DetectorOutputs.rpn_assignment``) and proposals, so that both models' losses are the same
+    function of their outputs; see :class:`~kd_det2.modeling.outputs.DetectorOutputs`.
+
+  The class attribute lists everything a distiller of the class may need; an instance narrows
+  it from its settings (GKD: ``"teacher_losses"`` for maps against the GT, ``"teacher_leaves"``
+  for maps against pseudo targets, nothing when only its BMFI terms are on);
 * ``vanishing_terms``: the loss names that are zero when teacher and student compute the same
   outputs (terms that measure a teacher-student difference);
 * ``level_key``: the config key listing the feature levels or stages it reads, or None when it
@@ -46,7 +54,7 @@ __all__ = [
 ]
 
 #: every value a distiller may put in its ``needs``
-KNOWN_NEEDS = frozenset({"teacher_losses"})
+KNOWN_NEEDS = frozenset({"teacher_leaves", "teacher_losses"})
 
 KD_DISTILLER_REGISTRY = Registry("KD_DISTILLER")
 KD_DISTILLER_REGISTRY.__doc__ = """
@@ -121,7 +129,7 @@ class Distiller(nn.Module):
     #: kinds that has what it needs.
     supported_archs: Optional[Tuple[str, ...]] = None
     #: what the wrapper must compute for this distiller beyond the default capture (a subset of
-    #: ``KNOWN_NEEDS``); see the module docstring.
+    #: ``KNOWN_NEEDS``; an instance may narrow it); see the module docstring.
     needs: FrozenSet[str] = frozenset()
     #: loss names that are zero when teacher and student compute the same outputs.
     vanishing_terms: Tuple[str, ...] = ()
@@ -189,6 +197,11 @@ def build_distillers(
             if name in message:
                 raise
             raise type(e)(f"Distiller '{name}': {message}") from e
+        if not set(out[name].needs) <= set(cls.needs):
+            raise ValueError(
+                f"Distiller '{name}': an instance may narrow its class's needs "
+                f"{sorted(cls.needs)}, not add {sorted(set(out[name].needs) - set(cls.needs))}"
+            )
     return out
 
 

@@ -9,8 +9,10 @@
   attention, an attention loss and a global term.
 
 Maps are keyed by level name and computed on the training batch itself. The teacher's gradient
-comes from its detection losses against the same targets (``needs = {"teacher_losses"}``): its
-neck outputs are leaves, and :func:`neck_total_gradients` adds the paths through the levels the
+comes from its detection losses against the same targets: against the GT the wrapper computes
+them (``needs = {"teacher_losses"}``); against pseudo targets this module does, from the neck
+outputs the wrapper gives as leaves (``needs = {"teacher_leaves"}``). Either way the neck outputs
+are leaves, and :func:`neck_total_gradients` adds the paths through the levels the
 neck computes from other levels (P6/P7 from P5), which the student's gradient has by
 construction. Interpretations are config switches; see docs/GKD.md.
 
@@ -323,7 +325,7 @@ class GKD(Distiller):
     weights are > 0), each already weighted.
     """
 
-    needs = frozenset({"teacher_losses"})
+    needs = frozenset({"teacher_leaves", "teacher_losses"})  # each instance: one or none
     vanishing_terms = tuple(["loss_kd_gkd"] + [f"loss_kd_bmfi_{t}" for t in BMFI_TERMS])
     level_key = "MODEL.KD.GKD.IN_FEATURES"
 
@@ -371,6 +373,15 @@ class GKD(Distiller):
             raise ValueError(f"Unknown BMFI terms {sorted(unknown)}; known: {BMFI_TERMS}")
         if self.beta <= 0 and not self.bmfi_weights:
             raise ValueError("GKD: every weight is 0 (MODEL.KD.GKD.BETA, ALPHA, GAMMA, LAMBDA)")
+        # what the wrapper computes for this instance (narrowing the class's needs): the
+        # teacher's GT losses for maps against the GT; only its neck outputs as leaves for maps
+        # against pseudo targets (their losses are computed here); nothing for BMFI alone
+        if self.beta <= 0:
+            self.needs = frozenset()
+        elif cam_target == "gt":
+            self.needs = frozenset({"teacher_losses"})
+        else:
+            self.needs = frozenset({"teacher_leaves"})
         self.temperature = float(temperature)
         self.adapters = nn.ModuleDict(
             {f: build_adapter(student_channels[f], teacher_channels[f]) for f in self.levels}

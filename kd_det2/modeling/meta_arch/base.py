@@ -199,12 +199,33 @@ class KDMetaArchBase(nn.Module):
         batched_inputs: List[dict],
         student: DetectorOutputs,
         gt_instances: Optional[List[Instances]] = None,
+        leaf_features: bool = False,
     ) -> DetectorOutputs:
-        """Teacher forward on the student's inputs, called under no_grad; when a distiller needs
-        ``"teacher_losses"`` it is called with grad enabled and ``gt_instances``, and must then
-        also return the teacher's detection losses, differentiable with respect to its neck
-        features only (see :class:`DetectorOutputs`)."""
+        """Teacher forward on the student's inputs (see :meth:`run_teacher` for how it is called).
+
+        Args:
+            leaf_features: make the neck outputs leaf tensors that require grad (the backbone
+                runs without a graph).
+            gt_instances: given when a distiller needs ``"teacher_losses"`` (called with grad
+                enabled): also return the teacher's detection losses against them,
+                differentiable with respect to the neck outputs only, which are then leaves
+                whatever ``leaf_features`` says (see :class:`DetectorOutputs`).
+        """
         raise NotImplementedError  # abstract
+
+    def run_teacher(
+        self, inputs: List[dict], student: DetectorOutputs, gt_instances: List[Instances]
+    ) -> DetectorOutputs:
+        """The teacher's step as the distillers' ``needs`` ask for it, and no more: without a
+        graph by default; with its neck outputs as leaves for ``"teacher_leaves"``; with grad
+        enabled and its GT losses for ``"teacher_losses"``."""
+        if "teacher_losses" in self.needs:
+            with torch.enable_grad():
+                return self.teacher_step(inputs, student, gt_instances, leaf_features=True)
+        with torch.no_grad():
+            return self.teacher_step(
+                inputs, student, leaf_features="teacher_leaves" in self.needs
+            )
 
     def forward(self, batched_inputs: List[dict]):
         """Training: student losses + ``loss_kd_*``. Inference: the student's outputs."""
@@ -214,12 +235,7 @@ class KDMetaArchBase(nn.Module):
         losses, student_out = self.student_step(batched_inputs, gt_instances)
         if len(self.distillers):
             inputs = self.teacher_inputs(batched_inputs)
-            if "teacher_losses" in self.needs:
-                with torch.enable_grad():
-                    teacher_out = self.teacher_step(inputs, student_out, gt_instances)
-            else:
-                with torch.no_grad():
-                    teacher_out = self.teacher_step(inputs, student_out)
+            teacher_out = self.run_teacher(inputs, student_out, gt_instances)
             kd_losses = self.distill(teacher_out, student_out, gt_instances)
             self.put_grad_stats(losses, kd_losses)
             losses.update(kd_losses)

@@ -187,12 +187,14 @@ class KDDenseDetector(KDMetaArchBase):
         batched_inputs,
         student: DetectorOutputs,
         gt_instances: Optional[List[Instances]] = None,
+        leaf_features: bool = False,
     ) -> DetectorOutputs:
-        """The teacher's captured tensors; with ``gt_instances``, also its detection losses,
-        differentiable with respect to its neck features (leaf tensors); the other captured
-        tensors are then detached."""
+        """The teacher's captured tensors (neck outputs as leaves with ``leaf_features``); with
+        ``gt_instances``, also its detection losses, differentiable with respect to its neck
+        features (leaf tensors); the other captured tensors are then detached."""
         with_losses = gt_instances is not None
-        out, predictions = self.capture(self.teacher, batched_inputs, leaf_features=with_losses)
+        leaves = leaf_features or with_losses
+        out, predictions = self.capture(self.teacher, batched_inputs, leaf_features=leaves)
         if with_losses:
             out.losses = self.teacher.forward_training(
                 out.images, out.level_features(), predictions, gt_instances

@@ -108,20 +108,23 @@ class KDGeneralizedRCNN(KDMetaArchBase):
         batched_inputs,
         student: DetectorOutputs,
         gt_instances: Optional[List[Instances]] = None,
+        leaf_features: bool = False,
     ) -> DetectorOutputs:
-        """The teacher's captured tensors on the student's sampled proposals; with
-        ``gt_instances``, also its detection losses (RPN on the student's sampled anchors, and RoI
-        heads on the student's sampled proposals), differentiable with respect to its neck
-        features (leaf tensors); the other captured tensors are then detached."""
+        """The teacher's captured tensors on the student's sampled proposals (neck outputs as
+        leaves with ``leaf_features``); with ``gt_instances``, also its detection losses (RPN on
+        the student's sampled anchors, and RoI heads on the student's sampled proposals),
+        differentiable with respect to its neck features (leaf tensors); the other captured
+        tensors are then detached."""
         model = self.teacher
         with_losses = gt_instances is not None
+        leaves = leaf_features or with_losses
         images = model.preprocess_image(batched_inputs)
         has_bottom_up = hasattr(model.backbone, "bottom_up")
         outputs = {"bottom_up": "backbone.bottom_up"} if has_bottom_up else {}
         with ForwardRecorder(model, outputs=outputs) as rec:
-            with torch.no_grad() if with_losses else contextlib.nullcontext():
+            with torch.no_grad() if leaves else contextlib.nullcontext():
                 features = model.backbone(images.tensor)
-        if with_losses:
+        if leaves:
             features = {k: v.detach().requires_grad_() for k, v in features.items()}
         loss_fn = _detection_loss_fn(model, student.proposals)
         losses = {}
