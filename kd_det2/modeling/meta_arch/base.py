@@ -223,9 +223,7 @@ class KDMetaArchBase(nn.Module):
             with torch.enable_grad():
                 return self.teacher_step(inputs, student, gt_instances, leaf_features=True)
         with torch.no_grad():
-            return self.teacher_step(
-                inputs, student, leaf_features="teacher_leaves" in self.needs
-            )
+            return self.teacher_step(inputs, student, leaf_features="teacher_leaves" in self.needs)
 
     def forward(self, batched_inputs: List[dict]):
         """Training: student losses + ``loss_kd_*``. Inference: the student's outputs."""
