@@ -17,6 +17,7 @@ from kd_det2.modeling.distillers.gkd import (
     background_mask,
     bmfi_level_losses,
     foreground_mask,
+    foreground_masks,
     importance_map,
     minmax_normalize,
     neck_total_gradients,
@@ -149,6 +150,19 @@ def test_mask_of_overlapping_boxes_is_the_max_and_empty_gives_zeros():
     one, two = foreground_mask(big, (8, 8), (64, 64)), foreground_mask(small, (8, 8), (64, 64))
     assert torch.equal(both, torch.maximum(one, two))
     assert torch.equal(foreground_mask(torch.zeros(0, 4), (8, 8), (64, 64)), torch.zeros(8, 8))
+
+
+def test_batched_foreground_masks_equal_the_per_image_masks():
+    torch.manual_seed(0)
+    boxes = []
+    for g in (3, 0, 5, 1):  # an image without boxes among them
+        xy = torch.rand(g, 2) * 50
+        boxes.append(torch.cat([xy, xy + 1 + torch.rand(g, 2) * 40], dim=1))
+    for hw in ((16, 12), (4, 3), (1, 1)):
+        batched = foreground_masks(boxes, hw, (64, 48))
+        loop = torch.stack([foreground_mask(b, hw, (64, 48)) for b in boxes])
+        assert batched.shape == (4, *hw) and torch.allclose(batched, loop)
+        assert torch.equal(batched[1], torch.zeros(hw))
 
 
 def test_background_mask_sums_to_one_and_is_zero_on_the_foreground():

@@ -42,6 +42,7 @@ __all__ = [
     "background_mask",
     "bmfi_level_losses",
     "foreground_mask",
+    "foreground_masks",
     "importance_map",
     "minmax_normalize",
     "neck_total_gradients",
@@ -247,10 +248,30 @@ def foreground_mask(boxes: Tensor, feature_hw: Tuple[int, int], input_hw: Tuple[
     Returns:
         (H, W) mask, zeros when G = 0.
     """
+    return foreground_masks([boxes], feature_hw, input_hw)[0]
+
+
+def foreground_masks(
+    boxes: Sequence[Tensor], feature_hw: Tuple[int, int], input_hw: Tuple[int, int]
+) -> Tensor:
+    """:func:`foreground_mask` of every image of a batch at one level, without a loop over
+    images or boxes.
+
+    Args:
+        boxes: per image, (G_i, 4) XYXY in input-image pixels.
+
+    Returns:
+        (N, H, W) masks.
+    """
     h, w = feature_hw
-    if not len(boxes):
-        return boxes.new_zeros(h, w)
-    b = boxes.float()
+    b = torch.cat([x.float().reshape(-1, 4) for x in boxes])  # (G, 4), G = sum G_i
+    image = torch.repeat_interleave(
+        torch.arange(len(boxes), device=b.device),
+        torch.tensor([len(x) for x in boxes]).to(b.device),
+    )
+    out = b.new_zeros(len(boxes), h, w)
+    if not len(b):
+        return out
     scale = b.new_tensor([w / input_hw[1], h / input_hw[0]] * 2)
     b = b * scale
     x0 = b[:, 0].floor().clamp(0, w - 1)
@@ -269,7 +290,7 @@ def foreground_mask(boxes: Tensor, feature_hw: Tuple[int, int], input_hw: Tuple[
     patch = gy[:, :, None] * gx[:, None, :]  # (G, H, W)
     patch = torch.where(in_y[:, :, None] & in_x[:, None, :], torch.ones_like(patch), patch)
     patch = patch / (4 * bw * bh)[:, :, None]
-    return patch.amax(dim=0)
+    return out.index_reduce_(0, image, patch, "amax")  # max over each image's boxes (>= 0)
 
 
 def background_mask(fg: Tensor) -> Tensor:
@@ -492,12 +513,8 @@ class GKD(Distiller):
             for f in self.levels:
                 s = self.adapters[f](student.features[f])
                 t = teacher.features[f]
-                fg = torch.stack(
-                    [
-                        foreground_mask(x.gt_boxes.tensor, tuple(t.shape[-2:]), input_hw)
-                        for x in gt_instances
-                    ]
-                )
+                boxes = [x.gt_boxes.tensor for x in gt_instances]
+                fg = foreground_masks(boxes, tuple(t.shape[-2:]), input_hw)
                 level = bmfi_level_losses(s, t, fg, self.temperature)
                 terms = {k: v + level[k] for k, v in terms.items()}
             out.update({f"loss_kd_bmfi_{k}": w * terms[k] for k, w in self.bmfi_weights.items()})
