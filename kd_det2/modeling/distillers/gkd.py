@@ -265,13 +265,11 @@ def foreground_masks(
     """
     h, w = feature_hw
     b = torch.cat([x.float().reshape(-1, 4) for x in boxes])  # (G, 4), G = sum G_i
-    image = torch.repeat_interleave(
-        torch.arange(len(boxes), device=b.device),
-        torch.tensor([len(x) for x in boxes]).to(b.device),
-    )
-    out = b.new_zeros(len(boxes), h, w)
+    counts = torch.tensor([len(x) for x in boxes], device=b.device)
     if not len(b):
-        return out
+        return b.new_zeros(len(boxes), h, w)
+    image = torch.repeat_interleave(torch.arange(len(boxes), device=b.device), counts)
+    slot = torch.arange(len(b), device=b.device) - (counts.cumsum(0) - counts)[image]
     scale = b.new_tensor([w / input_hw[1], h / input_hw[0]] * 2)
     b = b * scale
     x0 = b[:, 0].floor().clamp(0, w - 1)
@@ -290,7 +288,10 @@ def foreground_masks(
     patch = gy[:, :, None] * gx[:, None, :]  # (G, H, W)
     patch = torch.where(in_y[:, :, None] & in_x[:, None, :], torch.ones_like(patch), patch)
     patch = patch / (4 * bw * bh)[:, :, None]
-    return out.index_reduce_(0, image, patch, "amax")  # max over each image's boxes (>= 0)
+    most = max(len(x) for x in boxes)
+    out = b.new_zeros(len(boxes), most, h, w)  # (N, max G_i, H, W), zero padded
+    out[image, slot] = patch
+    return out.amax(dim=1)  # max over each image's boxes (patches >= 0)
 
 
 def background_mask(fg: Tensor) -> Tensor:
