@@ -127,62 +127,86 @@ class KDGeneralizedRCNN(KDMetaArchBase):
         if leaves:
             features = {k: v.detach().requires_grad_() for k, v in features.items()}
         loss_fn = _detection_loss_fn(model, student.proposals)
+        # one pass of the RPN head and the RoI box head (on the student's sampled proposals),
+        # with a graph only when the losses need it; the captured outputs are detached then
+        heads = _head_outputs(model, features, [p.proposal_boxes for p in student.proposals])
         losses = {}
         if with_losses:
-            losses = _detection_losses(
-                model, student.proposals, features, gt_instances, student.rpn_assignment
+            losses = _losses_from_heads(
+                model, heads, student.proposals, gt_instances, student.rpn_assignment
             )
-        grad = contextlib.nullcontext() if not with_losses else torch.no_grad()
-        with grad:
-            out = self._teacher_heads(model, images, features, student)
+            heads = {k: _detached(v) for k, v in heads.items()}
+        out = self._teacher_outputs(model, images, features, heads)
         out.backbone = rec["bottom_up"][0] if has_bottom_up else features
         out.losses, out.detection_loss_fn = losses, loss_fn
         return out
 
     @staticmethod
-    def _teacher_heads(model, images: ImageList, features, student: DetectorOutputs):
-        """The teacher's RPN head and RoI box head (on the student's sampled proposals)."""
-        pg, roi = model.proposal_generator, model.roi_heads
-        rpn_in = [features[f] for f in pg.in_features]
-        objectness, anchor_deltas = pg.rpn_head(rpn_in)
-        boxes = [p.proposal_boxes for p in student.proposals]
-        box_features = roi.box_head(
-            roi.box_pooler([features[f] for f in roi.box_in_features], boxes)
-        )
-        cls_logits, box_deltas = roi.box_predictor(box_features)
+    def _teacher_outputs(model, images: ImageList, features, heads: dict) -> DetectorOutputs:
+        """The teacher's captures from its head outputs (:func:`_head_outputs`)."""
         return DetectorOutputs(
             images=images,
             backbone=features,
             features=features,
-            head_in_features=list(pg.in_features),
-            towers={"box_head": [box_features]},
-            anchors=pg.anchor_generator(rpn_in),
-            rpn={"objectness_logits": objectness, "anchor_deltas": anchor_deltas},
-            roi={"cls_logits": cls_logits, "box_deltas": box_deltas},
+            head_in_features=list(model.proposal_generator.in_features),
+            towers={"box_head": [heads["box_features"]]},
+            anchors=heads["anchors"],
+            rpn={"objectness_logits": heads["objectness"], "anchor_deltas": heads["anchor_deltas"]},
+            roi={"cls_logits": heads["cls_logits"], "box_deltas": heads["box_deltas"]},
             model=model,
         )
 
 
+def _detached(x):
+    """``x`` (a tensor or a list of them) without its graph; other values as they are."""
+    if isinstance(x, Tensor):
+        return x.detach()
+    if isinstance(x, list) and x and isinstance(x[0], Tensor):
+        return [t.detach() for t in x]
+    return x
+
+
+def _head_outputs(model, features: Dict[str, Tensor], boxes: List[Boxes]) -> dict:
+    """One pass of the RPN head and of the RoI box head on the given proposal ``boxes``.
+
+    Returns:
+        ``anchors`` (per level :class:`Boxes`), ``objectness`` [(N, A, Hi, Wi)],
+        ``anchor_deltas`` [(N, A*B, Hi, Wi)], ``box_features`` (R, D), ``cls_logits`` (R, K+1),
+        ``box_deltas`` (R, 4*K) or (R, 4); R the proposals of all images.
+    """
+    pg, roi = model.proposal_generator, model.roi_heads
+    rpn_in = [features[f] for f in pg.in_features]
+    objectness, anchor_deltas = pg.rpn_head(rpn_in)
+    box_features = roi.box_head(roi.box_pooler([features[f] for f in roi.box_in_features], boxes))
+    cls_logits, box_deltas = roi.box_predictor(box_features)
+    return {
+        "anchors": pg.anchor_generator(rpn_in),
+        "objectness": objectness,
+        "anchor_deltas": anchor_deltas,
+        "box_features": box_features,
+        "cls_logits": cls_logits,
+        "box_deltas": box_deltas,
+    }
+
+
 def _rpn_losses(
     pg: nn.Module,
-    features: Dict[str, Tensor],
+    heads: dict,
     targets: List[Instances],
     samples: Optional[Tuple[List[Tensor], List[Tensor]]] = None,
 ):
-    """detectron2 RPN losses of ``pg`` from neck features, against ``targets``: on the anchors
-    of ``samples`` (what a ``label_and_sample_anchors`` call returned for these targets, e.g. the
-    student's) when given and with as many anchors, else on anchors sampled as the RPN does in
-    training."""
-    levels = [features[f] for f in pg.in_features]
-    anchors = pg.anchor_generator(levels)
-    objectness, deltas = pg.rpn_head(levels)
-    objectness = [x.permute(0, 2, 3, 1).flatten(1) for x in objectness]  # (N, Hi*Wi*A)
+    """detectron2 RPN losses of ``pg`` from its head outputs (:func:`_head_outputs`), against
+    ``targets``: on the anchors of ``samples`` (what a ``label_and_sample_anchors`` call returned
+    for these targets, e.g. the student's) when given and with as many anchors, else on anchors
+    sampled as the RPN does in training."""
+    anchors = heads["anchors"]
+    objectness = [x.permute(0, 2, 3, 1).flatten(1) for x in heads["objectness"]]  # (N, Hi*Wi*A)
     box_dim = pg.anchor_generator.box_dim
     deltas = [  # (N, A*B, Hi, Wi) -> (N, Hi*Wi*A, B)
         x.view(x.shape[0], -1, box_dim, x.shape[-2], x.shape[-1])
         .permute(0, 3, 4, 1, 2)
         .flatten(1, -2)
-        for x in deltas
+        for x in heads["anchor_deltas"]
     ]
     num_anchors = sum(len(a) for a in anchors)
     if samples is not None and len(samples[0][0]) == num_anchors:
@@ -221,6 +245,24 @@ def _relabel_proposals(roi: nn.Module, proposals: List[Instances], targets: List
     return out
 
 
+def _losses_from_heads(
+    model,
+    heads: dict,
+    proposals: List[Instances],
+    targets: List[Instances],
+    rpn_samples: Optional[Tuple[List[Tensor], List[Tensor]]] = None,
+) -> Dict[str, Tensor]:
+    """RPN losses (on ``rpn_samples`` when given, see :func:`_rpn_losses`) + RoI box losses on
+    the sampled ``proposals`` relabelled against the targets, from the head outputs of
+    :func:`_head_outputs` on those proposals."""
+    roi = model.roi_heads
+    labelled = _relabel_proposals(roi, proposals, targets)
+    return {
+        **_rpn_losses(model.proposal_generator, heads, targets, rpn_samples),
+        **roi.box_predictor.losses((heads["cls_logits"], heads["box_deltas"]), labelled),
+    }
+
+
 def _detection_losses(
     model,
     proposals: List[Instances],
@@ -228,18 +270,9 @@ def _detection_losses(
     targets: List[Instances],
     rpn_samples: Optional[Tuple[List[Tensor], List[Tensor]]] = None,
 ) -> Dict[str, Tensor]:
-    """RPN losses (on ``rpn_samples`` when given, see :func:`_rpn_losses`) + RoI box losses on
-    the sampled ``proposals`` relabelled against the targets, from given neck features."""
-    roi = model.roi_heads
-    labelled = _relabel_proposals(roi, proposals, targets)
-    pooled = roi.box_pooler(
-        [features[f] for f in roi.box_in_features], [p.proposal_boxes for p in labelled]
-    )
-    predictions = roi.box_predictor(roi.box_head(pooled))
-    return {
-        **_rpn_losses(model.proposal_generator, features, targets, rpn_samples),
-        **roi.box_predictor.losses(predictions, labelled),
-    }
+    """:func:`_losses_from_heads` of one head pass on ``features``."""
+    heads = _head_outputs(model, features, [p.proposal_boxes for p in proposals])
+    return _losses_from_heads(model, heads, proposals, targets, rpn_samples)
 
 
 def _detection_loss_fn(model, proposals: List[Instances]) -> DetectionLossFn:
