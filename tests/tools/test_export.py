@@ -122,8 +122,10 @@ def _export_and_compare(tmp_path, arch):
         a = a["instances"]
         assert len(a) == len(b["scores"]) > 0
         assert torch.equal(a.pred_classes, b["pred_classes"])
-        assert torch.allclose(a.pred_boxes.tensor, b["pred_boxes"].tensor)
-        assert torch.allclose(a.scores, b["scores"])
+        # float32 noise only: the two processes may sum convolutions in another order (thread
+        # count), which moves a decoded box coordinate by up to a few 1e-4 px
+        assert torch.allclose(a.pred_boxes.tensor, b["pred_boxes"].tensor, atol=1e-3)
+        assert torch.allclose(a.scores, b["scores"], atol=1e-6)
 
 
 def test_export_retinanet_student(tmp_path):
