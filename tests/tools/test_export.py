@@ -13,12 +13,14 @@ from detectron2.utils.events import EventStorage
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Runs in a fresh interpreter that never imports kd_det2: builds the vanilla model, loads the
-# exported weights strictly, and saves its outputs on the batch for comparison.
+# exported weights strictly, and saves its outputs on the batch for comparison. It runs as many
+# threads as the test process, so that both sum their convolutions in the same order.
 VANILLA = r"""
 import sys, torch
 assert "kd_det2" not in sys.modules
 from detectron2.checkpoint import DetectionCheckpointer
-arch, cfg_path, weights, batch_path, out_path = sys.argv[1:]
+arch, cfg_path, weights, batch_path, out_path, threads = sys.argv[1:]
+torch.set_num_threads(int(threads))
 if arch == "FCOS":
     from detectron2 import model_zoo
     from detectron2.config import instantiate
@@ -108,6 +110,7 @@ def _export_and_compare(tmp_path, arch):
             str(out),
             str(batch_path),
             str(result),
+            str(torch.get_num_threads()),
         ],
         cwd=str(tmp_path),
         capture_output=True,
@@ -122,10 +125,8 @@ def _export_and_compare(tmp_path, arch):
         a = a["instances"]
         assert len(a) == len(b["scores"]) > 0
         assert torch.equal(a.pred_classes, b["pred_classes"])
-        # float32 noise only: the two processes may sum convolutions in another order (thread
-        # count), which moves a decoded box coordinate by up to a few 1e-4 px
-        assert torch.allclose(a.pred_boxes.tensor, b["pred_boxes"].tensor, atol=1e-3)
-        assert torch.allclose(a.scores, b["scores"], atol=1e-6)
+        assert torch.allclose(a.pred_boxes.tensor, b["pred_boxes"].tensor)
+        assert torch.allclose(a.scores, b["scores"])
 
 
 def test_export_retinanet_student(tmp_path):
